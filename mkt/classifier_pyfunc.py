@@ -1,0 +1,85 @@
+"""The MLflow pyfunc flavour of a store's classifier: titles in, categories out.
+
+It embeds the titles itself, so `mlflow models serve` answers raw product names.
+"""
+
+import json
+from pathlib import Path
+
+import mlflow.pyfunc
+import pandas as pd
+
+DEFAULT_TOP_K = 3
+OUTPUT_COLUMNS = [
+    "title",
+    "category_id",
+    "category_path",
+    "score",
+    "is_abstained",
+    "candidates",
+]
+
+
+class StoreClassifierModel(mlflow.pyfunc.PythonModel):
+    """Classify product titles with a store's embedding model and FAISS classifier."""
+
+    def load_context(self, context) -> None:
+        """Load the classifier from the logged artifacts; the encoder loads on first use."""
+        from mkt.classifier import KnnClassifier
+
+        folder = Path(context.artifacts["classifier"])
+        self.classifier = KnnClassifier.load(folder)
+        self.metadata = json.loads((folder / "metadata.json").read_text())
+        self._encoder = None
+
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        """Return the best category, its score, the abstain flag and top-k candidates per title."""
+        from mkt.embeddings import encode_titles, load_encoder
+        from mkt.titles import clean_title
+
+        titles = titles_from_input(model_input)
+        top_k = int((params or {}).get("top_k", DEFAULT_TOP_K))
+        if self._encoder is None:
+            self._encoder = load_encoder(self.metadata["embedding_model"])
+        cleaned = [clean_title(title) for title in titles]
+        embeddings = encode_titles(self._encoder, cleaned)
+        predictions = self.classifier.predict(embeddings, top_k=top_k)
+        return predictions_frame(titles, predictions)
+
+
+def titles_from_input(model_input) -> list[str]:
+    """Accept a DataFrame with a `title` column (or a single column), a Series or a list."""
+    if isinstance(model_input, pd.DataFrame):
+        column = "title" if "title" in model_input.columns else model_input.columns[0]
+        return [str(value) for value in model_input[column].tolist()]
+    if isinstance(model_input, pd.Series):
+        return [str(value) for value in model_input.tolist()]
+    if isinstance(model_input, str):
+        return [model_input]
+    return [str(value) for value in model_input]
+
+
+def predictions_frame(titles: list[str], predictions) -> pd.DataFrame:
+    """Lay predictions out as the pyfunc output table."""
+    rows = [
+        {
+            "title": title,
+            "category_id": prediction.category_id,
+            "category_path": prediction.category_path,
+            "score": float(prediction.score),
+            "is_abstained": prediction.is_abstained,
+            "candidates": json.dumps(
+                [
+                    {
+                        "category_id": c.category_id,
+                        "category_path": c.category_path,
+                        "score": c.score,
+                    }
+                    for c in prediction.candidates
+                ],
+                ensure_ascii=False,
+            ),
+        }
+        for title, prediction in zip(titles, predictions)
+    ]
+    return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)

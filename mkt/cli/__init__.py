@@ -1,0 +1,1 @@
+"""The `mkt` command line."""

@@ -1,0 +1,57 @@
+"""The `mkt classify` command: classify product names with a store's champion."""
+
+import json
+from typing import Annotated
+
+import typer
+
+from mkt.cli.console import out, reports_errors
+
+
+@reports_errors
+def classify(
+    store_id: Annotated[str, typer.Argument(help="Store slug, e.g. pricerunner-uk.")],
+    names: Annotated[list[str], typer.Argument(help="Product names to classify.")],
+    top_k: Annotated[
+        int, typer.Option("--top-k", min=1, max=50, help="Candidates per name.")
+    ] = 3,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON lines instead of a table.")
+    ] = False,
+) -> None:
+    """Classify product names with the store's @champion classifier.
+
+    Examples:
+        mkt classify pricerunner-uk "apple iphone 8 plus 64gb silver"
+        mkt classify pricerunner-uk "bosch serie 4 dishwasher" --top-k 5 --json
+    """
+    from mkt.registry import configure_mlflow, load_champion
+    from mkt.settings import Settings
+
+    configure_mlflow(Settings())
+    classifier = load_champion(store_id)
+    result = classifier.predict(list(names), params={"top_k": top_k})
+
+    if as_json:
+        for row in result.to_dict(orient="records"):
+            row["candidates"] = json.loads(row["candidates"])
+            out.print_json(json.dumps(row, ensure_ascii=False))
+        return
+    out.print(predictions_table(result))
+
+
+def predictions_table(result):
+    """Return predictions as a rich table, one row per name and candidate."""
+    from rich.table import Table
+
+    table = Table("name", "category", "score")
+    for row in result.to_dict(orient="records"):
+        candidates = json.loads(row["candidates"])
+        first = "(abstained) " if row["is_abstained"] else ""
+        for position, candidate in enumerate(candidates):
+            table.add_row(
+                row["title"] if position == 0 else "",
+                f"{first if position == 0 else ''}{candidate['category_path']}",
+                f"{candidate['score']:.3f}",
+            )
+    return table

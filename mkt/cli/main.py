@@ -1,0 +1,57 @@
+"""Build the `mkt` Typer app and handle what every command shares: logging and errors.
+
+Heavy libraries (Prefect, MLflow, sentence-transformers) are imported inside the commands,
+so `mkt --help` stays fast.
+"""
+
+import logging
+import os
+from typing import Annotated
+
+import typer
+
+from mkt.cli import classify, run, stores
+
+app = typer.Typer(
+    name="mkt",
+    help="Keep one product-category classifier per marketplace store: crawl, embed, train, "
+    "evaluate, classify.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.command("add-store")(stores.add_store)
+app.command("list-stores")(stores.list_stores)
+app.command("run")(run.run)
+app.command("classify")(classify.classify)
+
+
+@app.callback()
+def configure(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log debug messages.")
+    ] = False,
+) -> None:
+    """Set up logging and point Prefect at the mkt data directory unless already configured."""
+    from rich.logging import RichHandler
+
+    from mkt.settings import Settings
+
+    level = logging.DEBUG if verbose else logging.INFO
+    handler = RichHandler(show_path=False, rich_tracebacks=False, markup=False)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s")
+    logging.getLogger("mkt").setLevel(level)
+
+    settings = Settings()
+    os.environ.setdefault("PREFECT_HOME", str(settings.home_dir / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def main() -> None:
+    """Run the `mkt` command line."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

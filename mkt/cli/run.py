@@ -1,0 +1,112 @@
+"""The `mkt run` command: run a store's pipeline stages in this process."""
+
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from mkt.cli.console import err, out, reports_errors
+
+
+class Stage(StrEnum):
+    """Pipeline stages in the order they run."""
+
+    crawl = "crawl"
+    embed = "embed"
+    train = "train"
+    evaluate = "evaluate"
+
+
+@reports_errors
+def run(
+    store_id: Annotated[str, typer.Argument(help="Store slug, e.g. pricerunner-uk.")],
+    stage: Annotated[
+        list[Stage] | None,
+        typer.Option(
+            "--stage", "-s", help="Stage to run; repeat for several. Default: all."
+        ),
+    ] = None,
+) -> None:
+    """Run a store's pipeline stages here, in order: crawl, embed, train, evaluate.
+
+    Each stage is a Prefect flow; without a Prefect server configured, Prefect records the
+    runs in its local database under the mkt data directory.
+
+    Examples:
+        mkt run pricerunner-uk
+        mkt run pricerunner-uk --stage train --stage evaluate
+    """
+    from mkt.catalog import load_store
+    from mkt.flows.context import open_database
+    from mkt.settings import Settings
+
+    load_store(open_database(Settings()), store_id)
+    selected = set(stage or list(Stage))
+    for item in Stage:
+        if item in selected:
+            err.rule(f"{item.value} {store_id}")
+            result = run_stage(item, store_id)
+            print_stage_result(item, result)
+
+
+def run_stage(stage: Stage, store_id: str) -> dict:
+    """Call one stage's flow and return its summary."""
+    if stage is Stage.crawl:
+        from mkt.flows.crawl import crawl_store
+
+        return crawl_store(store_id)
+    if stage is Stage.embed:
+        from mkt.flows.embed import embed_store
+
+        return embed_store(store_id, show_progress=err.is_terminal)
+    if stage is Stage.train:
+        from mkt.flows.train import train_store
+
+        return train_store(store_id)
+    from mkt.flows.evaluate import evaluate_store
+
+    return evaluate_store(store_id)
+
+
+def print_stage_result(stage: Stage, result: dict) -> None:
+    """Print a short summary of a finished stage; the evaluation table goes to stdout."""
+    if stage is Stage.crawl:
+        products, coverage = result["products"], result["coverage"]
+        err.print(
+            f"Crawl: {result['tree']['category_count']} categories, "
+            f"{products['inserted']} products inserted, {products['updated']} updated, "
+            f"{products['unchanged']} unchanged, {sum(products['rejected'].values())} quarantined; "
+            f"{coverage['complete_count']}/{coverage['category_count']} categories at the target "
+            f"of {coverage['target']}.",
+            highlight=False,
+        )
+    elif stage is Stage.embed:
+        err.print(
+            f"Embed: {result['name_count']} names in the snapshot, "
+            f"{result['new_embeddings']} newly embedded.",
+            highlight=False,
+        )
+    elif stage is Stage.train:
+        err.print(
+            f"Train: classifier version {result['classifier_version']} "
+            f"(MLflow run {result['mlflow_run_id']}).",
+            highlight=False,
+        )
+    else:
+        out.print(evaluation_table(result))
+        err.print(
+            f"Champion: {'yes' if result['is_champion'] else 'no'} ({result['reason']})."
+        )
+
+
+def evaluation_table(result: dict):
+    """Return the metrics of an evaluation as a rich table."""
+    from rich.table import Table
+
+    table = Table(
+        "metric", "value", title=f"Classifier version {result['classifier_version']}"
+    )
+    for key, value in result["metrics"].items():
+        shown = f"{int(value)}" if key == "test_count" else f"{value:.4f}"
+        table.add_row(key, shown)
+    return table

@@ -1,0 +1,1 @@
+"""Prefect flows, one module per pipeline stage: crawl, embed, train, evaluate."""

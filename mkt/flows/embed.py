@@ -1,0 +1,124 @@
+"""Embed stage: build the training snapshot and precompute its embeddings, incrementally."""
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prefect import flow, get_run_logger, task
+
+from mkt.catalog import load_store
+from mkt.embeddings import ProgressCallback, embed_with_cache
+from mkt.flows.context import open_database
+from mkt.settings import Settings
+from mkt.snapshot import (
+    build_training_snapshot,
+    load_labelled_products,
+    save_snapshot,
+    stats_dict,
+)
+
+
+@contextmanager
+def embedding_progress(is_shown: bool) -> Iterator[ProgressCallback | None]:
+    """Yield a callback that drives a progress bar on stderr, or None when hidden."""
+    if not is_shown:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+    )
+    with Progress(
+        *columns, TimeRemainingColumn(), console=Console(stderr=True)
+    ) as progress:
+        bar = progress.add_task("Embedding new names", total=None)
+
+        def update(done_count: int, total_count: int) -> None:
+            progress.update(bar, completed=done_count, total=total_count)
+
+        yield update
+
+
+@task(name="build-snapshot")
+def build_snapshot(store_id: str):
+    """Clean, deduplicate, cap and split the store's labelled products."""
+    logger = get_run_logger()
+    settings = Settings()
+    engine = open_database(settings)
+    config = load_store(engine, store_id)
+
+    products = load_labelled_products(engine, store_id)
+    snapshot, stats = build_training_snapshot(products, config)
+    logger.info(
+        "Store %r: snapshot of %d names in %d categories (%d train, %d test); dropped %d empty, "
+        "%d duplicate, %d over target, %d in %d categories under the minimum",
+        store_id,
+        len(snapshot),
+        stats.category_count,
+        stats.train_count,
+        stats.test_count,
+        stats.empty_count,
+        stats.duplicate_count,
+        stats.capped_count,
+        stats.rare_product_count,
+        stats.rare_category_count,
+    )
+    return snapshot, stats_dict(stats)
+
+
+@task(name="embed-snapshot")
+def embed_snapshot(
+    store_id: str, snapshot, stats: dict, show_progress: bool = False
+) -> dict:
+    """Embed the snapshot's names, reusing cached embeddings, and save it for training."""
+    logger = get_run_logger()
+    settings = Settings()
+    config = load_store(open_database(settings), store_id)
+
+    started = time.perf_counter()
+    with embedding_progress(show_progress) as on_progress:
+        embeddings, new_count = embed_with_cache(
+            snapshot["title"].tolist(),
+            config.embedding_model,
+            settings.embedding_cache_dir,
+            batch_size=settings.embedding_batch_size,
+            on_progress=on_progress,
+        )
+    elapsed_s = time.perf_counter() - started
+
+    metadata = {
+        "embedding_model": config.embedding_model,
+        "stats": stats,
+        "new_embeddings": new_count,
+    }
+    save_snapshot(settings.store_dir(store_id), snapshot, embeddings, metadata)
+    logger.info(
+        "Store %r: %d names embedded with %r, %d newly encoded in %.1f s",
+        store_id,
+        len(snapshot),
+        config.embedding_model,
+        new_count,
+        elapsed_s,
+    )
+    return {
+        "name_count": len(snapshot),
+        "new_embeddings": new_count,
+        "seconds": elapsed_s,
+    }
+
+
+@flow(name="embed", flow_run_name="embed-{store_id}")
+def embed_store(store_id: str, show_progress: bool = False) -> dict:
+    """Build the store's training snapshot and embed the names not embedded before."""
+    snapshot, stats = build_snapshot(store_id)
+    summary = embed_snapshot(store_id, snapshot, stats, show_progress=show_progress)
+    return {**summary, "snapshot": stats}

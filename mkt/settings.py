@@ -1,0 +1,69 @@
+"""Settings shared by every mkt command and flow, read from `MKT_*` environment variables."""
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Where mkt keeps its data and which services it talks to."""
+
+    model_config = SettingsConfigDict(env_prefix="MKT_", extra="ignore")
+
+    home: Path = Field(
+        default=Path("~/.mkt"),
+        description="Data directory holding the databases, caches, snapshots and MLflow files.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the product database; default: SQLite file HOME/mkt.db.",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking and registry URI; default: SQLite file HOME/mlflow.db.",
+    )
+    sqlite_busy_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a SQLite writer waits for a lock before failing.",
+    )
+    embedding_batch_size: int = Field(
+        default=64,
+        gt=0,
+        description="Names encoded per batch by the embedding model.",
+    )
+
+    @property
+    def home_dir(self) -> Path:
+        """The data directory with `~` expanded, made absolute."""
+        return self.home.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The product database URL, defaulting to a SQLite file in the data directory."""
+        return self.database_url or f"sqlite:///{self.home_dir / 'mkt.db'}"
+
+    @property
+    def resolved_mlflow_tracking_uri(self) -> str:
+        """The MLflow URI, defaulting to a SQLite file in the data directory."""
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home_dir / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifacts_dir(self) -> Path:
+        """Folder of MLflow artifacts when MLflow runs on the local default."""
+        return self.home_dir / "mlartifacts"
+
+    @property
+    def embedding_cache_dir(self) -> Path:
+        """Folder of the embedding caches, one SQLite file per embedding model."""
+        return self.home_dir / "cache" / "embeddings"
+
+    def store_dir(self, store_id: str) -> Path:
+        """Folder of one store's training snapshot and its embeddings."""
+        return self.home_dir / "stores" / store_id
+
+    def ensure_home(self) -> Path:
+        """Create the data directory if needed and return it."""
+        self.home_dir.mkdir(parents=True, exist_ok=True)
+        return self.home_dir

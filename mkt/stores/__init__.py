@@ -1,0 +1,1 @@
+"""Store configs, the connectors that read marketplaces, and the built-in presets."""

@@ -1,0 +1,168 @@
+"""The store config model and its YAML loader."""
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mkt.errors import ConfigError
+from mkt.stores.connectors import CONNECTOR_OPTIONS
+
+DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+STORE_ID_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
+MetricName = Literal["accuracy", "weighted_f1", "macro_f1"]
+
+
+class StrictModel(BaseModel):
+    """Base of every config block: unknown keys are errors, so a typo fails loudly."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ConnectorConfig(StrictModel):
+    """Which connector reads the store, and its options."""
+
+    kind: str = Field(description="Connector name, e.g. 'file'.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Connector options."
+    )
+
+    @model_validator(mode="after")
+    def check_options(self) -> "ConnectorConfig":
+        """Validate the options with the connector's own model."""
+        options_model = CONNECTOR_OPTIONS.get(self.kind)
+        if options_model is None:
+            known = ", ".join(sorted(CONNECTOR_OPTIONS))
+            raise ValueError(f"unknown connector kind {self.kind!r} (known: {known})")
+        self.options = options_model.model_validate(self.options).model_dump()
+        return self
+
+
+class ClassifierSettings(StrictModel):
+    """How the nearest-neighbour classifier votes and when it abstains."""
+
+    k: int = Field(default=10, ge=1, le=1000, description="Neighbours that vote.")
+    vote_temperature: float = Field(
+        default=0.05,
+        gt=0,
+        description=(
+            "Softness of the similarity-weighted vote: each neighbour weighs "
+            "exp((similarity - best similarity) / temperature); small values approach 1-NN."
+        ),
+    )
+    abstain_threshold: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Lowest top score to answer with; below it the classifier abstains.",
+    )
+
+
+class EvaluationSettings(StrictModel):
+    """How the held-out split is drawn and how a challenger is judged."""
+
+    test_fraction: float = Field(default=0.2, gt=0, lt=1, description="Share held out.")
+    seed: int = Field(
+        default=42, description="Seed of the split and of per-category caps."
+    )
+    champion_metric: MetricName = Field(
+        default="weighted_f1",
+        description="Metric a challenger must beat to become champion.",
+    )
+    precision_target: float = Field(
+        default=0.9, gt=0, le=1, description="Precision at which coverage is reported."
+    )
+
+
+class StoreConfig(StrictModel):
+    """One store: where its data comes from and how its classifier is built."""
+
+    store_id: str = Field(
+        pattern=STORE_ID_PATTERN, max_length=63, description="Store slug."
+    )
+    marketplace: str = Field(
+        min_length=1, description="Marketplace, e.g. amazon or allegro."
+    )
+    connector: ConnectorConfig
+    embedding_model: str = Field(
+        default=DEFAULT_EMBEDDING_MODEL,
+        min_length=1,
+        description="sentence-transformers model name or local path.",
+    )
+    target_products_per_category: int = Field(default=2000, ge=1)
+    min_products_per_category: int = Field(default=5, ge=2)
+    classifier: ClassifierSettings = Field(default_factory=ClassifierSettings)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """Render pydantic errors as one line per field, naming the source, field and value."""
+    lines = [f"Invalid store config {source}:"]
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        value = error.get("input")
+        shown = repr(value) if not isinstance(value, dict) else "{...}"
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"  {field}: {message} (got {shown[:120]})")
+    lines.append("Fix the listed fields and run the command again.")
+    return "\n".join(lines)
+
+
+def parse_store_config(data: Any, source: str = "(inline)") -> StoreConfig:
+    """Validate a store config from a mapping.
+
+    Raises:
+        ConfigError: naming each invalid field with its value.
+    """
+    try:
+        return StoreConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from exc
+
+
+def load_store_config(path: Path, store_id: str | None = None) -> StoreConfig:
+    """Read and validate a store config from a YAML file.
+
+    Relative file paths in the connector options resolve against the config's folder.
+    A given `store_id` fills a config that has none and must match one that has.
+
+    Raises:
+        ConfigError: if the file is missing, is not YAML, or has invalid fields.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Store config {str(path)!r} not found. Check the path.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"Store config {str(path)!r} is not valid YAML: {exc}"
+        ) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"Store config {str(path)!r} must be a YAML mapping of fields, "
+            f"got {type(data).__name__}."
+        )
+
+    if store_id is not None:
+        written_id = data.setdefault("store_id", store_id)
+        if written_id != store_id:
+            raise ConfigError(
+                f"Store config {str(path)!r} is for store {written_id!r}, not {store_id!r}. "
+                f"Run: mkt add-store {written_id} --config {path}"
+            )
+    connector = data.get("connector")
+    if isinstance(connector, dict) and isinstance(connector.get("options"), dict):
+        connector["options"] = resolve_option_paths(connector["options"], path.parent)
+    return parse_store_config(data, repr(str(path)))
+
+
+def resolve_option_paths(options: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """Make the relative `*_path` / file options absolute against the config's folder."""
+    resolved = dict(options)
+    for key in ("products", "categories"):
+        value = resolved.get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            resolved[key] = str((base_dir / value).resolve())
+    return resolved

@@ -1,0 +1,31 @@
+"""Plain records that connectors hand to the crawl stage."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CategoryRecord:
+    """One node of a category tree as the source describes it."""
+
+    external_id: str
+    name: str
+    parent_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ProductRecord:
+    """One product listing: a title and the category it is listed in."""
+
+    external_id: str
+    title: str
+    category_id: str
+
+
+@dataclass(frozen=True)
+class RejectedRow:
+    """A source row that could not be used, with the reason; the crawl quarantines it."""
+
+    source: str
+    position: int
+    reason: str
+    raw: str
