@@ -25,12 +25,14 @@ def classify(
         mkt classify pricerunner-uk "apple iphone 8 plus 64gb silver"
         mkt classify pricerunner-uk "bosch serie 4 dishwasher" --top-k 5 --json
     """
+    import pandas as pd
+
     from mkt.registry import configure_mlflow, load_champion
     from mkt.settings import Settings
 
     configure_mlflow(Settings())
     classifier = load_champion(store_id)
-    result = classifier.predict(list(names), params={"top_k": top_k})
+    result = classifier.predict(pd.DataFrame({"title": names}), params={"top_k": top_k})
 
     if as_json:
         for row in result.to_dict(orient="records"):

@@ -11,7 +11,7 @@ from rich.text import Text
 from mkt.errors import MktError
 
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 Command = TypeVar("Command", bound=Callable)
 
 

@@ -1,5 +1,6 @@
 """The `mkt run` command: run a store's pipeline stages in this process."""
 
+import logging
 from enum import StrEnum
 from typing import Annotated
 
@@ -41,12 +42,36 @@ def run(
     from mkt.settings import Settings
 
     load_store(open_database(Settings()), store_id)
+    hide_tracebacks_of_mkt_errors()
     selected = set(stage or list(Stage))
     for item in Stage:
         if item in selected:
             err.rule(f"{item.value} {store_id}")
             result = run_stage(item, store_id)
             print_stage_result(item, result)
+
+
+class _MktErrorTracebackFilter(logging.Filter):
+    """Drop the traceback from Prefect's log of a failed run when the error is an `MktError`.
+
+    Those errors already say what is wrong and how to fix it; the CLI prints them once.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from mkt.errors import MktError
+
+        if record.exc_info and isinstance(record.exc_info[1], MktError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def hide_tracebacks_of_mkt_errors() -> None:
+    """Install the traceback filter on Prefect's flow and task run loggers, once."""
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        run_logger = logging.getLogger(name)
+        if not any(isinstance(f, _MktErrorTracebackFilter) for f in run_logger.filters):
+            run_logger.addFilter(_MktErrorTracebackFilter())
 
 
 def run_stage(stage: Stage, store_id: str) -> dict:

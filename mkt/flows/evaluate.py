@@ -75,7 +75,7 @@ def score_classifier(store_id: str, classifier_version: str | None = None) -> di
         report.metrics["weighted_f1"],
         report.metrics["macro_f1"],
     )
-    return {"classifier_version": version.version, "metrics": report.metrics}
+    return {"classifier_version": str(version.version), "metrics": report.metrics}
 
 
 @task(name="crown-if-better")
@@ -90,7 +90,7 @@ def crown_if_better(store_id: str, classifier_version: str, metrics: dict) -> di
     champion = get_champion(store_id)
     champion_value = version_metric(champion, metric) if champion is not None else None
     challenger_value = metrics[metric]
-    if champion is not None and champion.version == classifier_version:
+    if champion is not None and str(champion.version) == str(classifier_version):
         return {"is_champion": True, "reason": "already the champion"}
     if champion_value is not None and challenger_value <= champion_value:
         reason = (
