@@ -465,7 +465,7 @@ class CategoryProgress:
 def load_category_progress(
     engine: Engine, store_id: str, target: int
 ) -> list[CategoryProgress]:
-    """Return the progress of each active category that holds or should hold products."""
+    """Return the progress of each active leaf category and of each category with products."""
     with open_session(engine) as session:
         rows = session.exec(
             select(Category).where(

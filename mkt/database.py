@@ -89,8 +89,8 @@ class QuarantinedRow(SQLModel, table=True):
 def create_database_engine(url: str, *, busy_timeout_s: float = 30.0) -> Engine:
     """Create an engine for the product database and its tables if missing.
 
-    SQLite connections get WAL mode and a busy timeout, so a reader never blocks the
-    crawl's writer and a second writer waits instead of failing at once.
+    SQLite connections get WAL mode, so readers and the crawl's writer do not block each
+    other, and a busy timeout, so a second writer waits for the lock before failing.
     """
     if url.startswith("sqlite"):
         engine = _create_sqlite_engine(url, busy_timeout_s)

@@ -54,7 +54,7 @@ def run(
 class _MktErrorTracebackFilter(logging.Filter):
     """Drop the traceback from Prefect's log of a failed run when the error is an `MktError`.
 
-    Those errors already say what is wrong and how to fix it; the CLI prints them once.
+    Their message already names the bad value and the fix, and the CLI prints it once.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:

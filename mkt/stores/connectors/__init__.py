@@ -26,7 +26,7 @@ __all__ = [
 
 
 class Connector(Protocol):
-    """What every connector provides to the crawl stage."""
+    """Interface of a connector, as the crawl stage uses it."""
 
     def read_category_tree(self) -> list[CategoryRecord]:
         """Return every category of the store's tree."""
