@@ -42,7 +42,7 @@ def run(
     from mkt.settings import Settings
 
     load_store(open_database(Settings()), store_id)
-    hide_tracebacks_of_mkt_errors()
+    quiet_prefect_console()
     selected = set(stage or list(Stage))
     for item in Stage:
         if item in selected:
@@ -66,12 +66,26 @@ class _MktErrorTracebackFilter(logging.Filter):
         return True
 
 
-def hide_tracebacks_of_mkt_errors() -> None:
-    """Install the traceback filter on Prefect's flow and task run loggers, once."""
+def _is_not_completion_line(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Finished in state Completed")
+
+
+def quiet_prefect_console() -> None:
+    """Keep Prefect's console output to what an operator needs while stages run here.
+
+    Tracebacks of `MktError`s are dropped everywhere, and each task's "Finished in state
+    Completed()" line is dropped from the console only, so the Prefect UI still has it.
+    """
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging()
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         run_logger = logging.getLogger(name)
         if not any(isinstance(f, _MktErrorTracebackFilter) for f in run_logger.filters):
             run_logger.addFilter(_MktErrorTracebackFilter())
+    for handler in logging.getLogger().handlers:
+        if _is_not_completion_line not in handler.filters:
+            handler.addFilter(_is_not_completion_line)
 
 
 def run_stage(stage: Stage, store_id: str) -> dict:
