@@ -4,7 +4,6 @@ It embeds the titles itself, so `mlflow models serve` answers raw product names.
 """
 
 import json
-import warnings
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -21,36 +20,33 @@ OUTPUT_COLUMNS = [
 ]
 
 
-# MLflow warns when a PythonModel's predict() has no type hints. The logged signature
-# validates the input instead, because hints would make MLflow convert the input itself.
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message=".*Add type hints", category=UserWarning)
+class StoreClassifierModel(mlflow.pyfunc.PythonModel):
+    """Classify product titles with a store's embedding model and FAISS classifier."""
 
-    class StoreClassifierModel(mlflow.pyfunc.PythonModel):
-        """Classify product titles with a store's embedding model and FAISS classifier."""
+    def load_context(self, context) -> None:
+        """Load the classifier from the logged artifacts; the encoder loads on first use."""
+        from mkt.classifier import KnnClassifier
 
-        def load_context(self, context) -> None:
-            """Load the classifier from the logged artifacts; the encoder loads on first use."""
-            from mkt.classifier import KnnClassifier
+        folder = Path(context.artifacts["classifier"])
+        self.classifier = KnnClassifier.load(folder)
+        self.metadata = json.loads((folder / "metadata.json").read_text())
+        self._encoder = None
 
-            folder = Path(context.artifacts["classifier"])
-            self.classifier = KnnClassifier.load(folder)
-            self.metadata = json.loads((folder / "metadata.json").read_text())
-            self._encoder = None
+    # The pandas hint keeps MLflow from wrapping predict() with its own input conversion;
+    # the logged signature validates the input instead.
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        """Return the best category, its score, the abstain flag and top-k candidates per title."""
+        from mkt.embeddings import encode_titles, load_encoder
+        from mkt.titles import clean_title
 
-        def predict(self, context, model_input, params=None) -> pd.DataFrame:
-            """Return the best category, its score, the abstain flag and top-k candidates per title."""
-            from mkt.embeddings import encode_titles, load_encoder
-            from mkt.titles import clean_title
-
-            titles = titles_from_input(model_input)
-            top_k = int((params or {}).get("top_k", DEFAULT_TOP_K))
-            if self._encoder is None:
-                self._encoder = load_encoder(self.metadata["embedding_model"])
-            cleaned = [clean_title(title) for title in titles]
-            embeddings = encode_titles(self._encoder, cleaned)
-            predictions = self.classifier.predict(embeddings, top_k=top_k)
-            return predictions_frame(titles, predictions)
+        titles = titles_from_input(model_input)
+        top_k = int((params or {}).get("top_k", DEFAULT_TOP_K))
+        if self._encoder is None:
+            self._encoder = load_encoder(self.metadata["embedding_model"])
+        cleaned = [clean_title(title) for title in titles]
+        embeddings = encode_titles(self._encoder, cleaned)
+        predictions = self.classifier.predict(embeddings, top_k=top_k)
+        return predictions_frame(titles, predictions)
 
 
 def titles_from_input(model_input) -> list[str]:
