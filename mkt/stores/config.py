@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from mkt.errors import ConfigError
 from mkt.stores.connectors import CONNECTOR_OPTIONS
+from mkt.stores.schedule import CredentialRef, DeploymentSettings
 
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 STORE_ID_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
@@ -94,6 +95,11 @@ class StoreConfig(StrictModel):
     min_products_per_category: int = Field(default=5, ge=2)
     classifier: ClassifierSettings = Field(default_factory=ClassifierSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    deployments: DeploymentSettings = Field(default_factory=DeploymentSettings)
+    credentials: dict[str, CredentialRef] = Field(
+        default_factory=dict,
+        description="Secrets the connector needs, by name; resolved only when a stage runs.",
+    )
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:
