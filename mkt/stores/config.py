@@ -136,6 +136,15 @@ def load_store_config(path: Path, store_id: str | None = None) -> StoreConfig:
     Raises:
         ConfigError: if the file is missing, is not YAML, or has invalid fields.
     """
+    return parse_store_config(read_store_document(path, store_id), repr(str(path)))
+
+
+def read_store_document(path: Path, store_id: str | None = None) -> dict[str, Any]:
+    """Read a store config YAML file into a mapping, without validating its fields.
+
+    Raises:
+        ConfigError: if the file is missing, is not a YAML mapping, or names another store.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Store config {str(path)!r} not found. Check the path.")
@@ -161,7 +170,7 @@ def load_store_config(path: Path, store_id: str | None = None) -> StoreConfig:
     connector = data.get("connector")
     if isinstance(connector, dict) and isinstance(connector.get("options"), dict):
         connector["options"] = resolve_option_paths(connector["options"], path.parent)
-    return parse_store_config(data, repr(str(path)))
+    return data
 
 
 def resolve_option_paths(options: dict[str, Any], base_dir: Path) -> dict[str, Any]:
