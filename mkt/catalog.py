@@ -477,3 +477,15 @@ def load_category_progress(
         for row in rows
         if row.is_leaf or row.product_count > 0
     ]
+
+
+def remove_store(engine: Engine, store_id: str, *, is_purge: bool = False) -> None:
+    """Unregister a store; with `is_purge`, also delete its categories, products and logs."""
+    with open_session(engine) as session:
+        store = session.get(Store, store_id)
+        if store is not None:
+            session.delete(store)
+        if is_purge:
+            for table in (Product, Category, CategoryChange, QuarantinedRow):
+                session.exec(delete(table).where(table.store_id == store_id))
+        session.commit()

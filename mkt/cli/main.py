@@ -21,6 +21,9 @@ app = typer.Typer(
 )
 app.command("add-store")(stores.add_store)
 app.command("list-stores")(stores.list_stores)
+app.command("show-store")(stores.show_store)
+app.command("remove-store")(stores.remove_store)
+app.command("sync")(stores.sync)
 app.command("run")(run.run)
 app.command("classify")(classify.classify)
 

@@ -1,4 +1,4 @@
-"""Store lifecycle commands: add-store and list-stores."""
+"""Store lifecycle commands: add-store, show-store, list-stores, remove-store and sync."""
 
 from pathlib import Path
 from typing import Annotated
@@ -7,35 +7,192 @@ import typer
 
 from mkt.cli.console import err, out, reports_errors
 
+StoreArgument = Annotated[
+    str, typer.Argument(help="Store slug, e.g. amazon-de or allegro-pl.")
+]
+
 
 @reports_errors
 def add_store(
-    store_id: Annotated[str, typer.Argument(help="Store slug, e.g. pricerunner-uk.")],
+    store_id: StoreArgument,
     config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="Store config YAML file.")
+        Path | None,
+        typer.Option(
+            "--config", "-c", help="Store config YAML; default: the built-in preset."
+        ),
     ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="Override a config field, e.g. --set classifier.k=5."
+        ),
+    ] = None,
+    is_deploy: Annotated[
+        bool,
+        typer.Option(
+            "--deploy/--no-deploy", help="Create the store's Prefect deployments."
+        ),
+    ] = True,
 ) -> None:
-    """Register a store from its config file, or update it if already registered.
+    """Register a store, record its config version in MLflow and create its deployments.
+
+    Without --config, amazon, ebay and allegro ids (and regional ids such as amazon-de)
+    use a built-in preset. Running it again with a changed config updates the store.
 
     Examples:
-        mkt add-store pricerunner-uk --config examples/pricerunner/store.yaml
+        mkt add-store amazon-de
+        mkt add-store allegro-pl --set deployments.crawl.interval_h=12
+        mkt add-store pricerunner-sample --config examples/pricerunner/store.yaml
     """
     from mkt.catalog import register_store
-    from mkt.errors import ConfigError
+    from mkt.config_registry import record_config_version
+    from mkt.flows.context import open_database
+    from mkt.registry import configure_mlflow
+    from mkt.settings import Settings
+    from mkt.stores.config import parse_store_config, read_store_document
+    from mkt.stores.presets import apply_overrides, build_preset_config
+
+    settings = Settings()
+    if config is not None:
+        document, source = read_store_document(config, store_id), repr(str(config))
+    else:
+        document, source = build_preset_config(store_id, settings.home_dir), "(preset)"
+    store_config = parse_store_config(
+        apply_overrides(document, overrides or []), source
+    )
+    if store_config.store_id != store_id:
+        from mkt.errors import ConfigError
+
+        raise ConfigError(
+            f"--set store_id={store_config.store_id} cannot rename {store_id!r}."
+        )
+
+    is_new = register_store(open_database(settings), store_config)
+    configure_mlflow(settings)
+    version = record_config_version(settings, store_config)
+    err.print(
+        f"Store {store_id!r} {'registered' if is_new else 'updated'}; config version "
+        f"{version or 'unchanged'}.",
+        highlight=False,
+    )
+    if is_deploy:
+        print_plan(sync_stores_now({store_id}))
+    err.print(f"Next: mkt run {store_id}", highlight=False)
+
+
+def sync_stores_now(store_ids: set[str] | None, *, is_dry_run: bool = False):
+    """Sync the deployments of some stores (or all, with None) and return the plan."""
+    from mkt.catalog import list_store_rows
     from mkt.flows.context import open_database
     from mkt.settings import Settings
-    from mkt.stores.config import load_store_config
+    from mkt.stores.config import StoreConfig
+    from mkt.workers.deployments import run_sync
 
-    if config is None:
-        # TODO: built-in marketplace presets; until then every store needs --config.
-        raise ConfigError(
-            f"No config given for store {store_id!r}. Pass one: "
-            f"mkt add-store {store_id} --config FILE"
-        )
-    store_config = load_store_config(config, store_id=store_id)
-    is_new = register_store(open_database(Settings()), store_config)
-    verb = "registered" if is_new else "updated"
-    err.print(f"Store {store_id!r} {verb}. Next: mkt run {store_id}", highlight=False)
+    rows = list_store_rows(open_database(Settings()))
+    configs = [StoreConfig.model_validate_json(row.config_json) for row in rows]
+    if store_ids is not None:
+        configs = [config for config in configs if config.store_id in store_ids]
+    return run_sync(configs, store_ids=store_ids, is_dry_run=is_dry_run)
+
+
+def print_plan(plan) -> None:
+    """Print a sync plan's changes to stdout and its totals to stderr."""
+    for line in plan.describe():
+        out.print(line, highlight=False)
+    err.print(
+        f"Deployments: {len(plan.to_create)} created, {len(plan.to_update)} updated, "
+        f"{len(plan.to_delete)} deleted, {plan.unchanged} unchanged.",
+        highlight=False,
+    )
+
+
+@reports_errors
+def sync(
+    is_dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the changes without making them.")
+    ] = False,
+) -> None:
+    """Make the Prefect server's deployments match the registered store configs.
+
+    Creates what is missing, updates what differs and deletes deployments of removed
+    stores; deployments that mkt did not create (no mkt-managed tag) are left alone.
+
+    Examples:
+        mkt sync --dry-run
+        mkt sync
+    """
+    print_plan(sync_stores_now(None, is_dry_run=is_dry_run))
+
+
+@reports_errors
+def show_store(store_id: StoreArgument) -> None:
+    """Print a store's config and the history of its config versions.
+
+    Examples:
+        mkt show-store amazon-de
+    """
+    import yaml
+    from rich.table import Table
+
+    from mkt.catalog import load_store
+    from mkt.config_registry import load_config_history
+    from mkt.flows.context import open_database
+    from mkt.registry import configure_mlflow
+    from mkt.settings import Settings
+
+    settings = Settings()
+    config = load_store(open_database(settings), store_id)
+    out.print(
+        yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), highlight=False
+    )
+
+    configure_mlflow(settings)
+    history = Table(
+        "version", "recorded (UTC)", "author", "change", title="Config history"
+    )
+    for version in load_config_history(store_id):
+        created = version.created_at.strftime("%Y-%m-%d %H:%M")
+        history.add_row(version.version, created, version.author, version.summary)
+    err.print(history)
+
+
+@reports_errors
+def remove_store(
+    store_id: StoreArgument,
+    is_purge: Annotated[
+        bool,
+        typer.Option(
+            "--purge", help="Also delete the store's categories and products."
+        ),
+    ] = False,
+    is_confirmed: Annotated[
+        bool, typer.Option("--yes", "-y", help="Do not ask.")
+    ] = False,
+) -> None:
+    """Unregister a store and delete its deployments; data stays unless --purge.
+
+    Examples:
+        mkt remove-store amazon-de
+        mkt remove-store amazon-de --purge --yes
+    """
+    import shutil
+
+    from mkt.catalog import load_store, remove_store as unregister_store
+    from mkt.flows.context import open_database
+    from mkt.settings import Settings
+
+    settings = Settings()
+    engine = open_database(settings)
+    load_store(engine, store_id)
+    what = "its deployments, categories and products" if is_purge else "its deployments"
+    if not is_confirmed:
+        typer.confirm(f"Remove store {store_id!r} and {what}?", abort=True, err=True)
+
+    unregister_store(engine, store_id, is_purge=is_purge)
+    print_plan(sync_stores_now({store_id}))
+    if is_purge:
+        shutil.rmtree(settings.store_dir(store_id), ignore_errors=True)
+    err.print(f"Store {store_id!r} removed ({what}).", highlight=False)
 
 
 @reports_errors

@@ -13,3 +13,35 @@ def open_database(settings: Settings) -> Engine:
     return get_engine(
         settings.resolved_database_url, busy_timeout_s=settings.sqlite_busy_timeout_s
     )
+
+
+def trigger_stage(store_id: str, stage: str, reason: str) -> str | None:
+    """Start a stage's deployment when this flow itself runs from a deployment.
+
+    Runs started by `mkt run` return None here, because the CLI runs the next stage
+    itself. Returns the id of the started flow run, or None if none was started.
+    """
+    from prefect import get_run_logger
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+    from prefect.runtime import deployment
+
+    if deployment.id is None:
+        return None
+    logger = get_run_logger()
+    name = f"{stage}/{store_id}"
+    try:
+        flow_run = run_deployment(name, timeout=0)
+    except ObjectNotFound:
+        logger.warning(
+            "Store %r: no deployment %r, so %s was not started", store_id, name, stage
+        )
+        return None
+    logger.info(
+        "Store %r: started %s (flow run %s) because %s",
+        store_id,
+        name,
+        flow_run.id,
+        reason,
+    )
+    return str(flow_run.id)

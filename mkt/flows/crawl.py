@@ -11,7 +11,8 @@ from mkt.catalog import (
     refresh_category_counts,
     sync_category_tree,
 )
-from mkt.flows.context import open_database
+from mkt.errors import ConfigError
+from mkt.flows.context import open_database, trigger_stage
 from mkt.settings import Settings
 from mkt.stores.connectors import create_connector
 
@@ -91,10 +92,36 @@ def measure_coverage(store_id: str) -> dict:
     }
 
 
+@task(name="check-credentials")
+def check_credentials(store_id: str) -> list[str]:
+    """Check that every credential the store references can be read; return their names."""
+    import os
+
+    config = load_store(open_database(Settings()), store_id)
+    for name, reference in config.credentials.items():
+        if reference.env is not None:
+            value = os.environ.get(reference.env)
+        else:
+            from prefect.blocks.system import Secret
+
+            try:
+                value = Secret.load(reference.prefect_secret).get()
+            except ValueError:
+                value = None
+        if not value:
+            raise ConfigError(
+                f"Store {store_id!r} needs credential {name!r} from {reference.describe()}, "
+                "which is missing or empty. Set it where the crawl runs, or change "
+                f"credentials.{name} in the store config."
+            )
+    return sorted(config.credentials)
+
+
 @flow(name="crawl", flow_run_name="crawl-{store_id}")
 def crawl_store(store_id: str) -> dict:
     """Sync the store's category tree, then ingest its products."""
     logger = get_run_logger()
+    check_credentials(store_id)
     tree = sync_tree(store_id)
     products = ingest(store_id)
     coverage = measure_coverage(store_id)
@@ -105,4 +132,8 @@ def crawl_store(store_id: str) -> dict:
         coverage["category_count"],
         coverage["target"],
     )
+    changed_count = products["inserted"] + products["updated"]
+    config = load_store(open_database(Settings()), store_id)
+    if changed_count and config.deployments.embed.after_previous_stage:
+        trigger_stage(store_id, "embed", f"{changed_count} products changed")
     return {"tree": tree, "products": products, "coverage": coverage}

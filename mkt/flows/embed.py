@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger, task
 
 from mkt.catalog import load_store
 from mkt.embeddings import ProgressCallback, embed_with_cache
-from mkt.flows.context import open_database
+from mkt.flows.context import open_database, trigger_stage
 from mkt.settings import Settings
 from mkt.snapshot import (
     build_training_snapshot,
@@ -121,4 +121,13 @@ def embed_store(store_id: str, show_progress: bool = False) -> dict:
     """Build the store's training snapshot and embed the names not embedded before."""
     snapshot, stats = build_snapshot(store_id)
     summary = embed_snapshot(store_id, snapshot, stats, show_progress=show_progress)
+
+    config = load_store(open_database(Settings()), store_id)
+    new_fraction = summary["new_embeddings"] / max(summary["name_count"], 1)
+    if (
+        config.deployments.train.after_previous_stage
+        and new_fraction >= config.deployments.retrain_min_new_fraction
+        and summary["new_embeddings"] > 0
+    ):
+        trigger_stage(store_id, "train", f"{new_fraction:.1%} of the names are new")
     return {**summary, "snapshot": stats}

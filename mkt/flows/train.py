@@ -7,7 +7,7 @@ from prefect import flow, get_run_logger, task
 
 from mkt.catalog import load_store
 from mkt.classifier import KnnClassifier
-from mkt.flows.context import open_database
+from mkt.flows.context import open_database, trigger_stage
 from mkt.registry import configure_mlflow, ensure_experiment, log_classifier
 from mkt.settings import Settings
 from mkt.snapshot import load_snapshot
@@ -82,4 +82,9 @@ def raise_stale_snapshot(store_id: str, snapshot_model: str, config_model: str) 
 @flow(name="train", flow_run_name="train-{store_id}")
 def train_store(store_id: str) -> dict:
     """Train a new classifier version for the store from its latest snapshot."""
-    return fit_and_log_classifier(store_id)
+    result = fit_and_log_classifier(store_id)
+    config = load_store(open_database(Settings()), store_id)
+    if config.deployments.evaluate.after_previous_stage:
+        version = result["classifier_version"]
+        trigger_stage(store_id, "evaluate", f"version {version} was trained")
+    return result

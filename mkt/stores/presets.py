@@ -14,13 +14,20 @@ MARKETPLACES: dict[str, dict[str, Any]] = {
         "regions": ("de", "es", "fr", "it", "nl", "pl", "se", "uk", "us"),
         "token_env": "AMAZON_SP_API_TOKEN",
     },
-    "ebay": {"regions": ("au", "de", "fr", "it", "uk", "us"), "token_env": "EBAY_OAUTH_TOKEN"},
+    "ebay": {
+        "regions": ("au", "de", "fr", "it", "uk", "us"),
+        "token_env": "EBAY_OAUTH_TOKEN",
+    },
     "allegro": {"regions": ("cz", "pl", "sk"), "token_env": "ALLEGRO_API_TOKEN"},
 }
 
 # Large stages run in containers: crawl and train on the CPU pool, embed on the GPU pool.
 PRESET_DEPLOYMENTS = {
-    "crawl": {"work_pool": "mkt-docker-cpu", "interval_h": 6, "after_previous_stage": False},
+    "crawl": {
+        "work_pool": "mkt-docker-cpu",
+        "interval_h": 6,
+        "after_previous_stage": False,
+    },
     "embed": {"work_pool": "mkt-docker-gpu"},
     "train": {"work_pool": "mkt-docker-cpu", "cron": "0 3 * * 0"},
     "evaluate": {"work_pool": "mkt-process"},
@@ -45,7 +52,8 @@ def build_preset_config(store_id: str, home: Path) -> dict[str, Any]:
     marketplace = marketplace_of(store_id)
     if marketplace is None:
         known = ", ".join(
-            f"{name} ({'/'.join(preset['regions'])})" for name, preset in MARKETPLACES.items()
+            f"{name} ({'/'.join(preset['regions'])})"
+            for name, preset in MARKETPLACES.items()
         )
         raise ConfigError(
             f"No preset for store {store_id!r} (presets: {known}; use e.g. amazon-de). "

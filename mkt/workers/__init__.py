@@ -1,0 +1,1 @@
+"""Work pools, deployments and worker start-up: how the pipeline reaches Prefect."""
