@@ -1,4 +1,4 @@
-"""Evaluate stage: score a classifier on the held-out split and crown it if it beats the champion."""
+"""Evaluate stage: score a classifier on the held-out split and promote it if it passes the gate."""
 
 import tempfile
 from pathlib import Path
@@ -6,21 +6,22 @@ from pathlib import Path
 import mlflow
 from prefect import flow, get_run_logger, task
 
+from mkt.baseline import build_test_score_table, log_baseline
 from mkt.catalog import load_store
 from mkt.classifier import CATEGORIES_FILE, KnnClassifier
 from mkt.evaluation import evaluate_predictions
 from mkt.flows.context import open_database
+from mkt.promotion import promote_classifier
 from mkt.registry import (
     configure_mlflow,
-    get_champion,
     get_model_version,
     record_test_metrics,
     registered_model_name,
-    set_champion,
-    version_metric,
 )
 from mkt.settings import Settings
 from mkt.snapshot import load_snapshot
+
+PIPELINE_ACTOR = "pipeline"
 
 
 def load_classifier_version(store_id: str, version: str) -> KnnClassifier:
@@ -55,6 +56,8 @@ def score_classifier(store_id: str, classifier_version: str | None = None) -> di
         precision_target=config.evaluation.precision_target,
         abstain_threshold=config.classifier.abstain_threshold,
     )
+    test_scores = build_test_score_table(test["category_id"].tolist(), predictions)
+    report.metrics["mean_top_score"] = float(test_scores["score"].mean())
 
     with mlflow.start_run(run_id=version.run_id):
         mlflow.log_metrics(
@@ -66,6 +69,7 @@ def score_classifier(store_id: str, classifier_version: str | None = None) -> di
         mlflow.log_table(
             report.confusion_pairs, artifact_file="evaluation/confusion_pairs.json"
         )
+        log_baseline(test_scores, embeddings[~is_test])
     record_test_metrics(store_id, version.version, report.metrics)
     logger.info(
         "Store %r: classifier version %s has accuracy %.3f, weighted F1 %.3f, macro F1 %.3f",
@@ -78,53 +82,44 @@ def score_classifier(store_id: str, classifier_version: str | None = None) -> di
     return {"classifier_version": str(version.version), "metrics": report.metrics}
 
 
-@task(name="crown-if-better")
-def crown_if_better(store_id: str, classifier_version: str, metrics: dict) -> dict:
-    """Give the version the `@champion` alias if there is none or it beats the current one."""
+@task(name="promotion-gate")
+def promote_if_passed(store_id: str, classifier_version: str) -> dict:
+    """Make the version `@champion` if it passes the store's promotion gate; else keep it."""
     logger = get_run_logger()
     settings = Settings()
-    config = load_store(open_database(settings), store_id)
     configure_mlflow(settings)
-    metric = config.evaluation.champion_metric
-
-    champion = get_champion(store_id)
-    champion_value = version_metric(champion, metric) if champion is not None else None
-    challenger_value = metrics[metric]
-    if champion is not None and str(champion.version) == str(classifier_version):
-        return {"is_champion": True, "reason": "already the champion"}
-    if champion_value is not None and challenger_value <= champion_value:
-        reason = (
-            f"{metric} {challenger_value:.4f} does not beat champion version "
-            f"{champion.version} ({champion_value:.4f})"
-        )
-        logger.info(
-            "Store %r: version %s kept as challenger: %s",
-            store_id,
-            classifier_version,
-            reason,
-        )
-        return {"is_champion": False, "reason": reason}
-
-    set_champion(store_id, classifier_version)
-    reason = (
-        "first evaluated classifier"
-        if champion_value is None
-        else f"{metric} {challenger_value:.4f} beats version {champion.version} ({champion_value:.4f})"
-    )
-    logger.info(
-        "Store %r: version %s is now @champion: %s",
+    result = promote_classifier(
+        open_database(settings),
         store_id,
         classifier_version,
-        reason,
+        actor=PIPELINE_ACTOR,
     )
-    return {"is_champion": True, "reason": reason}
+    if result.is_champion:
+        logger.info(
+            "Store %r: version %s is @champion: %s",
+            store_id,
+            classifier_version,
+            result.reason,
+        )
+    else:
+        logger.warning(
+            "Store %r: version %s kept as a rejected challenger, @champion stays "
+            "version %s: %s",
+            store_id,
+            classifier_version,
+            result.previous_version,
+            result.reason,
+        )
+    return {
+        "is_champion": result.is_champion,
+        "reason": result.reason,
+        "promotion_action": result.action,
+    }
 
 
 @flow(name="evaluate", flow_run_name="evaluate-{store_id}")
 def evaluate_store(store_id: str, classifier_version: str | None = None) -> dict:
-    """Evaluate a classifier version (the latest by default) and promote it if it wins."""
+    """Evaluate a classifier version (the latest by default) and promote it if it passes the gate."""
     scored = score_classifier(store_id, classifier_version)
-    decision = crown_if_better(
-        store_id, scored["classifier_version"], scored["metrics"]
-    )
+    decision = promote_if_passed(store_id, scored["classifier_version"])
     return {**scored, **decision}

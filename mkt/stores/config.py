@@ -61,18 +61,91 @@ class ClassifierSettings(StrictModel):
 
 
 class EvaluationSettings(StrictModel):
-    """How the held-out split is drawn and how a challenger is judged."""
+    """The held-out split, and the precision at which coverage is measured."""
 
     test_fraction: float = Field(default=0.2, gt=0, lt=1, description="Share held out.")
     seed: int = Field(
         default=42, description="Seed of the split and of per-category caps."
     )
-    champion_metric: MetricName = Field(
-        default="weighted_f1",
-        description="Metric a challenger must beat to become champion.",
-    )
     precision_target: float = Field(
         default=0.9, gt=0, le=1, description="Precision at which coverage is reported."
+    )
+
+
+class PromotionSettings(StrictModel):
+    """The gate a challenger classifier must pass to replace the store's champion."""
+
+    metric: MetricName = Field(
+        default="weighted_f1",
+        description="Test metric the challenger must improve on the champion's.",
+    )
+    min_gain: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description=(
+            "Margin on `metric`: the challenger passes only if its value exceeds the "
+            "champion's by more than this."
+        ),
+    )
+    max_level_drop: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description=(
+            "Largest accuracy loss allowed at any level of the category path "
+            "(level 1 = root) against the champion."
+        ),
+    )
+    min_coverage: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description=(
+            "Lowest share of test names the challenger must answer at the "
+            "evaluation's precision target."
+        ),
+    )
+
+
+class MonitoringSettings(StrictModel):
+    """Thresholds at which the monitor flow raises alerts for the store."""
+
+    window_hours: float = Field(
+        default=24.0,
+        gt=0,
+        description="Hours of served traffic compared, back from now.",
+    )
+    min_served_names: int = Field(
+        default=100,
+        ge=1,
+        description="Fewest served names in the window before serving alerts are raised.",
+    )
+    max_confidence_drop: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Largest drop of the mean top score, served against the test split.",
+    )
+    max_abstain_rise: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Largest rise of the abstain rate, served against the test split.",
+    )
+    max_centroid_shift: float = Field(
+        default=0.15,
+        ge=0,
+        le=2,
+        description=(
+            "Largest cosine distance between the centroids of served and training "
+            "embeddings."
+        ),
+    )
+    stale_crawl_hours: float = Field(
+        default=168.0,
+        gt=0,
+        description="Hours after the last crawl before it is stale.",
     )
 
 
@@ -95,6 +168,36 @@ class StoreConfig(StrictModel):
     min_products_per_category: int = Field(default=5, ge=2)
     classifier: ClassifierSettings = Field(default_factory=ClassifierSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    promotion: PromotionSettings = Field(default_factory=PromotionSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def move_champion_metric(cls, data: Any) -> Any:
+        """Accept the former `evaluation.champion_metric` as `promotion.metric`.
+
+        Configs registered before the promotion block keep loading unchanged.
+        """
+        if not isinstance(data, dict) or not isinstance(data.get("evaluation"), dict):
+            return data
+        if "champion_metric" not in data["evaluation"]:
+            return data
+        data = {**data, "evaluation": dict(data["evaluation"])}
+        metric = data["evaluation"].pop("champion_metric")
+        promotion = data.get("promotion")
+        if promotion is None:
+            promotion = {}
+        if not isinstance(promotion, dict):
+            return data
+        written = promotion.get("metric", metric)
+        if written != metric:
+            raise ValueError(
+                f"evaluation.champion_metric {metric!r} conflicts with promotion.metric "
+                f"{written!r}; keep only promotion.metric"
+            )
+        data["promotion"] = {**promotion, "metric": metric}
+        return data
+
     deployments: DeploymentSettings = Field(default_factory=DeploymentSettings)
     credentials: dict[str, CredentialRef] = Field(
         default_factory=dict,

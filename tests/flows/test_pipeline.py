@@ -98,6 +98,8 @@ def test_evaluate_logs_metrics_and_tables_to_mlflow(store):
     assert artifacts == {
         "evaluation/per_category.json",
         "evaluation/confusion_pairs.json",
+        "evaluation/test_scores.json",
+        "evaluation/train_centroid.json",
     }
 
 

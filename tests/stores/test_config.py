@@ -149,3 +149,32 @@ def test_example_store_config_is_valid():
 
     assert config.store_id == "pricerunner-sample"
     assert Path(config.connector.options["products"]).is_file()
+
+
+def test_config_moves_champion_metric_to_promotion():
+    config = parse_store_config(
+        minimal_config(evaluation={"champion_metric": "macro_f1"})
+    )
+
+    assert config.promotion.metric == "macro_f1"
+    assert "champion_metric" not in config.evaluation.model_dump()
+
+
+def test_config_rejects_conflicting_champion_metric():
+    document = minimal_config(
+        evaluation={"champion_metric": "macro_f1"}, promotion={"metric": "accuracy"}
+    )
+
+    with pytest.raises(ConfigError) as caught:
+        parse_store_config(document)
+
+    assert "'macro_f1' conflicts with promotion.metric 'accuracy'" in str(caught.value)
+
+
+def test_config_promotion_defaults():
+    promotion = parse_store_config(minimal_config()).promotion
+
+    assert promotion.metric == "weighted_f1"
+    assert promotion.min_gain == 0.0
+    assert promotion.max_level_drop == 0.02
+    assert promotion.min_coverage == 0.0
