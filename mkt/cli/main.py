@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from mkt.cli import classify, promotion, run, serve, stores, up
+from mkt.cli import classify, promotion, run, serve, status, stores, up
 
 app = typer.Typer(
     name="mkt",
@@ -25,12 +25,11 @@ app.command("show-store")(stores.show_store)
 app.command("remove-store")(stores.remove_store)
 app.command("sync")(stores.sync)
 app.command("up")(up.up)
-app.command("up")(up.up)
 app.command("run")(run.run)
 app.command("classify")(classify.classify)
-app.command("serve")(serve.serve)
 app.command("promote")(promotion.promote)
 app.command("rollback")(promotion.rollback)
+app.command("status")(status.status)
 
 
 @app.callback()
