@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from mkt.cli import classify, promotion, run, stores, up
+from mkt.cli import classify, promotion, run, status, stores, up
 
 app = typer.Typer(
     name="mkt",
@@ -29,6 +29,7 @@ app.command("run")(run.run)
 app.command("classify")(classify.classify)
 app.command("promote")(promotion.promote)
 app.command("rollback")(promotion.rollback)
+app.command("status")(status.status)
 
 
 @app.callback()
