@@ -12,6 +12,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from mkt.classifier import Prediction
@@ -65,13 +66,21 @@ def log_baseline(test_scores: pd.DataFrame, train_embeddings: np.ndarray) -> Non
         )
 
 
+def load_run_table(mlflow_run_id: str, artifact_file: str) -> pd.DataFrame | None:
+    """Return a table logged on a run with `mlflow.log_table`, or None if it has none."""
+    client = MlflowClient()
+    try:
+        # `mlflow.load_table` looks only in the active experiment, so name the run's own.
+        experiment_id = client.get_run(mlflow_run_id).info.experiment_id
+        return client.load_table(experiment_id, artifact_file, [mlflow_run_id])
+    except MlflowException:
+        logger.debug("MLflow run %s has no %s", mlflow_run_id, artifact_file)
+        return None
+
+
 def load_test_scores(mlflow_run_id: str) -> pd.DataFrame | None:
     """Return the test scores logged on a run, or None if it has none."""
-    try:
-        return mlflow.load_table(TEST_SCORES_ARTIFACT, run_ids=[mlflow_run_id])
-    except MlflowException:
-        logger.debug("MLflow run %s has no %s", mlflow_run_id, TEST_SCORES_ARTIFACT)
-        return None
+    return load_run_table(mlflow_run_id, TEST_SCORES_ARTIFACT)
 
 
 def load_train_centroid(mlflow_run_id: str) -> np.ndarray | None:

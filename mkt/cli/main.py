@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from mkt.cli import classify, promotion, run, status, stores, up
+from mkt.cli import classify, promotion, report, run, status, stores, up
 
 app = typer.Typer(
     name="mkt",
@@ -30,6 +30,7 @@ app.command("classify")(classify.classify)
 app.command("promote")(promotion.promote)
 app.command("rollback")(promotion.rollback)
 app.command("status")(status.status)
+app.command("report")(report.report)
 
 
 @app.callback()
