@@ -4,6 +4,8 @@ import json
 import logging
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -16,6 +18,7 @@ from mlflow.models import infer_signature
 from mkt.classifier import KnnClassifier
 from mkt.classifier_pyfunc import OUTPUT_COLUMNS, StoreClassifierModel
 from mkt.errors import ClassifierNotFound
+from mkt.locks import file_lock
 from mkt.settings import Settings
 from mkt.stores.config import StoreConfig
 
@@ -33,12 +36,31 @@ PIP_REQUIREMENTS = [
 
 
 def configure_mlflow(settings: Settings) -> None:
-    """Point MLflow tracking and registry at the configured URI."""
+    """Point MLflow tracking and registry at the configured URI.
+
+    On SQLite, the first access creates and migrates the database, which fails when
+    several processes do it at once, so it happens under a lock.
+    """
     uri = settings.resolved_mlflow_tracking_uri
-    if uri.startswith("sqlite:"):
-        settings.ensure_home()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    if uri.startswith("sqlite:"):
+        with mlflow_write_lock(settings):
+            MlflowClient().search_experiments(max_results=1)
+
+
+@contextmanager
+def mlflow_write_lock(settings: Settings) -> Iterator[None]:
+    """Serialize MLflow writes of mkt processes when MLflow tracks to a SQLite file.
+
+    SQLite allows one writer at a time, so mkt's own writers take turns instead of
+    relying on SQLite's lock timeout. A remote MLflow server needs no lock.
+    """
+    if not settings.resolved_mlflow_tracking_uri.startswith("sqlite:"):
+        yield
+        return
+    with file_lock(settings.ensure_home() / "mlflow.db.lock"):
+        yield
 
 
 def registered_model_name(store_id: str) -> str:

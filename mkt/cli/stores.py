@@ -47,7 +47,7 @@ def add_store(
     from mkt.catalog import register_store
     from mkt.config_registry import record_config_version
     from mkt.flows.context import open_database
-    from mkt.registry import configure_mlflow
+    from mkt.registry import configure_mlflow, mlflow_write_lock
     from mkt.settings import Settings
     from mkt.stores.config import parse_store_config, read_store_document
     from mkt.stores.presets import apply_overrides, build_preset_config
@@ -69,7 +69,8 @@ def add_store(
 
     is_new = register_store(open_database(settings), store_config)
     configure_mlflow(settings)
-    version = record_config_version(settings, store_config)
+    with mlflow_write_lock(settings):
+        version = record_config_version(settings, store_config)
     err.print(
         f"Store {store_id!r} {'registered' if is_new else 'updated'}; config version "
         f"{version or 'unchanged'}.",
@@ -177,7 +178,8 @@ def remove_store(
     """
     import shutil
 
-    from mkt.catalog import load_store, remove_store as unregister_store
+    from mkt.catalog import load_store
+    from mkt.catalog import remove_store as unregister_store
     from mkt.flows.context import open_database
     from mkt.settings import Settings
 

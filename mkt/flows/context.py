@@ -3,16 +3,18 @@
 from sqlalchemy import Engine
 
 from mkt.database import get_engine
+from mkt.locks import file_lock
 from mkt.settings import Settings
 
 
 def open_database(settings: Settings) -> Engine:
     """Return the product database engine of the settings, creating the data dir if needed."""
-    if settings.database_url is None:
-        settings.ensure_home()
-    return get_engine(
-        settings.resolved_database_url, busy_timeout_s=settings.sqlite_busy_timeout_s
-    )
+    url = settings.resolved_database_url
+    if settings.database_url is not None:
+        return get_engine(url, busy_timeout_s=settings.sqlite_busy_timeout_s)
+    # Creating the tables of a new SQLite file races when several commands start at once.
+    with file_lock(settings.ensure_home() / "mkt.db.lock"):
+        return get_engine(url, busy_timeout_s=settings.sqlite_busy_timeout_s)
 
 
 def trigger_stage(store_id: str, stage: str, reason: str) -> str | None:

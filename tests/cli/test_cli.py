@@ -38,15 +38,17 @@ def test_help_imports_no_heavy_library():
 def test_add_store_rejects_bad_store_id(mkt_home, tmp_path):
     config = write_store_config(tmp_path, tmp_path / "p.csv", store_id="Bad_Store")
 
-    result = runner.invoke(app, ["add-store", "Bad_Store", "--config", str(config)])
+    result = runner.invoke(
+        app, ["add-store", "Bad_Store", "--config", str(config), "--no-deploy"]
+    )
 
     assert result.exit_code == 1
     assert "store_id" in result.output
     assert "'Bad_Store'" in result.output
 
 
-def test_add_store_without_config_says_how(mkt_home):
-    result = runner.invoke(app, ["add-store", "amazon-de"])
+def test_add_store_without_config_or_preset_says_how(mkt_home):
+    result = runner.invoke(app, ["add-store", "corner-shop", "--no-deploy"])
 
     assert result.exit_code == 1
     assert "--config" in result.output
@@ -65,8 +67,12 @@ def test_add_store_with_missing_config_file(mkt_home, tmp_path):
 def test_add_and_list_stores(mkt_home, tmp_path):
     config = write_store_config(tmp_path, tmp_path / "p.csv")
 
-    added = runner.invoke(app, ["add-store", "shop-test", "--config", str(config)])
-    again = runner.invoke(app, ["add-store", "shop-test", "--config", str(config)])
+    added = runner.invoke(
+        app, ["add-store", "shop-test", "--config", str(config), "--no-deploy"]
+    )
+    again = runner.invoke(
+        app, ["add-store", "shop-test", "--config", str(config), "--no-deploy"]
+    )
     listed = runner.invoke(app, ["list-stores"])
 
     assert added.exit_code == 0
@@ -93,7 +99,9 @@ def test_run_rejects_unknown_stage(mkt_home):
 
 def test_classify_without_champion_says_to_run(mkt_home, tmp_path):
     config = write_store_config(tmp_path, tmp_path / "p.csv")
-    runner.invoke(app, ["add-store", "shop-test", "--config", str(config)])
+    runner.invoke(
+        app, ["add-store", "shop-test", "--config", str(config), "--no-deploy"]
+    )
 
     result = runner.invoke(app, ["classify", "shop-test", "iphone"])
 
@@ -106,7 +114,9 @@ def test_run_with_missing_products_file_fails_cleanly(
     mkt_home, tmp_path, prefect_harness
 ):
     config = write_store_config(tmp_path, tmp_path / "gone.csv")
-    runner.invoke(app, ["add-store", "shop-test", "--config", str(config)])
+    runner.invoke(
+        app, ["add-store", "shop-test", "--config", str(config), "--no-deploy"]
+    )
 
     result = runner.invoke(app, ["run", "shop-test", "--stage", "crawl"])
 
@@ -119,7 +129,9 @@ def test_run_with_missing_products_file_fails_cleanly(
 def test_run_then_classify_as_json(mkt_home, tmp_path, prefect_harness):
     products = write_sample_products(tmp_path, per_category=25)
     config = write_store_config(tmp_path, products)
-    runner.invoke(app, ["add-store", "shop-test", "--config", str(config)])
+    runner.invoke(
+        app, ["add-store", "shop-test", "--config", str(config), "--no-deploy"]
+    )
 
     ran = runner.invoke(app, ["run", "shop-test"])
     classified = runner.invoke(

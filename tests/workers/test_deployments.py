@@ -242,3 +242,43 @@ def test_process_worker_runs_crawl_deployment(mkt_home, tmp_path, clean_server):
         time.sleep(1)
         state = call(read_state)
     assert state.is_completed(), worker.stdout[-3000:] + worker.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_concurrent_add_store_leaves_consistent_server(
+    mkt_home, tmp_path, clean_server
+):
+    from prefect.settings import PREFECT_API_URL
+
+    environment = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    store_ids = [f"shop-{i:02d}" for i in range(20)]
+    configs = [
+        write_store_config(tmp_path, tmp_path / "p.csv", store_id=s) for s in store_ids
+    ]
+
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mkt.cli.main",
+                "add-store",
+                store_id,
+                "--config",
+                str(path),
+            ],
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for store_id, path in zip(store_ids, configs)
+    ]
+    outputs = [process.communicate(timeout=600)[0] for process in processes]
+
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output
+        assert "database is locked" not in output
+    deployments = managed_deployments()
+    assert len(deployments) == 20 * 4
+    assert {name.split("/")[1] for name in deployments} == set(store_ids)
