@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from mkt.cli import classify, promotion, report, run, status, stores, up
+from mkt.cli import classify, promotion, report, run, serve, status, stores, up
 
 app = typer.Typer(
     name="mkt",
@@ -27,6 +27,7 @@ app.command("sync")(stores.sync)
 app.command("up")(up.up)
 app.command("run")(run.run)
 app.command("classify")(classify.classify)
+app.command("serve")(serve.serve)
 app.command("promote")(promotion.promote)
 app.command("rollback")(promotion.rollback)
 app.command("status")(status.status)

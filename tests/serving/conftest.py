@@ -1,0 +1,3 @@
+"""Fixtures of the server tests."""
+
+from tests.serving.stores import trained_stores  # noqa: F401
