@@ -121,25 +121,27 @@ class ClassifierPool:
                     f"Store {slot.store_id!r} has no @champion classifier. Train and "
                     f"evaluate one: mkt run {slot.store_id}"
                 )
-            self._raise_if_failed_recently(slot, version)
+            if self._has_failed_recently(slot, version):
+                retry_in_s = self.limits.load_retry_interval_s - (
+                    time.monotonic() - slot.failed_at_s
+                )
+                raise ClassifierLoadFailed(
+                    f"{slot.load_error} Next try in {retry_in_s:.0f} s."
+                )
             try:
                 loaded = self._load_version(slot, version)
             except ClassifierLoadFailed as exc:
-                logger.error("%s; its classify requests return 503 until it loads", exc)
+                logger.error("%s Its classify requests return 503 until it loads.", exc)
                 raise
             self._install(slot, loaded)
             return loaded
 
-    def _raise_if_failed_recently(self, slot: StoreSlot, version: str) -> None:
+    def _has_failed_recently(self, slot: StoreSlot, version: str) -> bool:
         waited_s = time.monotonic() - slot.failed_at_s
-        if (
+        return (
             slot.failed_version == version
             and waited_s < self.limits.load_retry_interval_s
-        ):
-            raise ClassifierLoadFailed(
-                f"{slot.load_error}; next try in "
-                f"{self.limits.load_retry_interval_s - waited_s:.0f} s"
-            )
+        )
 
     def _follow_champion(self, slot: StoreSlot) -> None:
         serving = slot.loaded
@@ -147,18 +149,14 @@ class ClassifierPool:
         if serving is None or version is None or version == serving.version:
             # NOTE: a store whose alias was removed keeps serving its last champion.
             return
-        waited_s = time.monotonic() - slot.failed_at_s
-        if (
-            slot.failed_version == version
-            and waited_s < self.limits.load_retry_interval_s
-        ):
+        if self._has_failed_recently(slot, version):
             return
 
         with slot.load_lock:
             try:
                 loaded = self._load_version(slot, version)
             except ClassifierLoadFailed as exc:
-                logger.error("%s; still serving version %s", exc, serving.version)
+                logger.error("%s Still serving version %s.", exc, serving.version)
                 return
             if slot.loaded is None:
                 logger.debug(
@@ -185,7 +183,8 @@ class ClassifierPool:
         except Exception as exc:
             message = (
                 f"Store {slot.store_id!r}: classifier version {version} failed to load "
-                f"({type(exc).__name__}: {exc})"
+                f"({type(exc).__name__}: {exc}). Point @champion at a working version "
+                f"(mkt rollback {slot.store_id}) or train a new one (mkt run {slot.store_id})."
             )
             with self._lock:
                 slot.failed_version = version

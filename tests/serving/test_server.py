@@ -293,8 +293,9 @@ def test_broken_first_version_answers_503(trained_stores, tmp_path):
 
     assert first.status_code == 503
     assert "version 1 failed to load" in first.json()["detail"]
+    assert "mkt rollback shop-broken-first" in first.json()["detail"]
     assert again.status_code == 503
-    assert "next try in" in again.json()["detail"]
+    assert "Next try in" in again.json()["detail"]
 
 
 def test_tiny_budget_unloads_least_recently_used(trained_stores):
