@@ -18,7 +18,7 @@ def serve(
         str,
         typer.Option(help="Address to listen on; 0.0.0.0 listens on every interface."),
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
     token: Annotated[
         str | None,
         typer.Option(
