@@ -2,7 +2,6 @@
 
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
 import pytest
@@ -21,6 +20,9 @@ from tests.serving.stores import (
     register_version,
     serving_engine,
 )
+
+# The module fixture trains and registers real classifiers.
+pytestmark = pytest.mark.slow
 
 WAIT_S = 60.0
 
@@ -361,7 +363,6 @@ def test_statistics_flush_periodically(trained_stores):
     assert windows[0].abstain_count == 0
 
 
-@pytest.mark.slow
 def test_mlflow_models_serve_answers_titles(trained_stores):
     from tests.serving.stores import run_mlflow_models_serve
 
@@ -376,20 +377,3 @@ def test_mlflow_models_serve_answers_titles(trained_stores):
     prediction = response.json()["predictions"][0]
     assert prediction["category_path"] == "Mobile Phones"
     assert not prediction["is_abstained"]
-
-
-def test_server_module_imports_no_prefect():
-    import subprocess
-    import sys
-
-    code = "import sys, mkt.serving; print('prefect' in sys.modules)"
-
-    loaded = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-
-    assert loaded.stdout.strip() == "False"
