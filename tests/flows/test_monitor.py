@@ -1,5 +1,6 @@
 """Run the monitor flow on a store with a champion, crafted serving windows and data changes."""
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import mlflow
@@ -43,7 +44,10 @@ def store(mkt_home, tmp_path, prefect_harness):
     """A store with two full, freshly crawled categories and an evaluated champion."""
     configure_mlflow(Settings())
     engine = open_database(Settings())
-    config = add_store(tmp_path / "store", target_products_per_category=10)
+    # The Prefect harness lasts the whole session, so a fresh id keeps other tests'
+    # deployments and flow runs out of this store's.
+    store_id = f"shop-{uuid.uuid4().hex[:8]}"
+    config = add_store(tmp_path / "store", store_id, target_products_per_category=10)
     sync_category_tree(engine, config.store_id, TREE)
     with open_session(engine) as session:
         for row in session.exec(select(Category)):
@@ -156,7 +160,7 @@ def test_monitor_retrain_without_deployment_reports_it(store):
     result = monitor_store(store, retrain=True)
 
     assert result["retraining"]["status"] == "deployment missing"
-    assert "'train/shop-test'" in result["retraining"]["message"]
+    assert f"'train/{store}'" in result["retraining"]["message"]
     assert CONFIDENCE_DROP in result["retraining"]["kinds"]
 
 
