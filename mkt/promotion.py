@@ -239,6 +239,8 @@ def promote_classifier(
             f"mkt run {store_id} --stage evaluate"
         )
 
+    # NOTE: nothing locks the alias between this read and the move, so two promotions of
+    # one store at the same moment can both pass against the same champion.
     champion = get_champion(store_id)
     champion_version = str(champion.version) if champion is not None else None
     if champion_version == challenger_version:
