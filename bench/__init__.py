@@ -1,0 +1,1 @@
+"""Benchmarks of mkt against simple baselines; their results go to docs/benchmarks.md."""
