@@ -76,7 +76,8 @@ class KnnClassifier:
         **settings,
     ) -> "KnnClassifier":
         """Build an exact inner-product index over the training embeddings."""
-        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        # A copy, because normalising in place would change the caller's array.
+        embeddings = np.array(embeddings, dtype=np.float32, order="C", copy=True)
         if embeddings.ndim != 2 or len(embeddings) != len(category_ids):
             raise ValueError(
                 f"expected one embedding row per label, got shape {embeddings.shape} "
