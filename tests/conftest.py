@@ -23,6 +23,15 @@ POSTGRES_URL = os.environ.get(
 )
 
 
+def free_port() -> int:
+    """Return a free loopback port."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture
 def mkt_home(tmp_path, monkeypatch) -> Path:
     """Point every mkt setting at a fresh folder, with MLflow on a SQLite file in it."""

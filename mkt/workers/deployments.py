@@ -16,7 +16,12 @@ from prefect.client.schemas.actions import (
     DeploymentScheduleUpdate,
     DeploymentUpdate,
 )
-from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterTags,
+    FlowFilter,
+    FlowFilterId,
+)
 from prefect.client.schemas.objects import ConcurrencyLimitStrategy, ConcurrencyOptions
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 
@@ -190,7 +195,10 @@ async def read_managed_deployments(client: PrefectClient) -> dict[str, Any]:
             break
         offset += 200
     flow_ids = {deployment.flow_id for deployment in deployments}
-    flows = await client.read_flows(limit=len(flow_ids) + 1) if flow_ids else []
+    flows = []
+    if flow_ids:
+        flow_filter = FlowFilter(id=FlowFilterId(any_=sorted(flow_ids)))
+        flows = await client.read_flows(flow_filter=flow_filter, limit=len(flow_ids))
     flow_names = {flow.id: flow.name for flow in flows}
     return {
         f"{flow_names.get(d.flow_id, '?')}/{d.name}": (

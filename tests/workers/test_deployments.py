@@ -244,18 +244,12 @@ def test_process_worker_runs_crawl_deployment(mkt_home, tmp_path, clean_server):
     assert state.is_completed(), worker.stdout[-3000:] + worker.stderr[-3000:]
 
 
-@pytest.mark.slow
-def test_concurrent_add_store_leaves_consistent_server(
-    mkt_home, tmp_path, clean_server
-):
-    from prefect.settings import PREFECT_API_URL
-
-    environment = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
-    store_ids = [f"shop-{i:02d}" for i in range(20)]
+def add_stores_concurrently(tmp_path, environment, count=20) -> list[str]:
+    """Run `count` add-store commands at once; assert each succeeded; return the ids."""
+    store_ids = [f"shop-{i:02d}" for i in range(count)]
     configs = [
         write_store_config(tmp_path, tmp_path / "p.csv", store_id=s) for s in store_ids
     ]
-
     processes = [
         subprocess.Popen(
             [
@@ -275,10 +269,101 @@ def test_concurrent_add_store_leaves_consistent_server(
         for store_id, path in zip(store_ids, configs)
     ]
     outputs = [process.communicate(timeout=600)[0] for process in processes]
-
     for process, output in zip(processes, outputs):
         assert process.returncode == 0, output
         assert "database is locked" not in output
+    return store_ids
+
+
+@pytest.mark.slow
+def test_concurrent_add_store_leaves_consistent_server(
+    mkt_home, tmp_path, clean_server
+):
+    from prefect.settings import PREFECT_API_URL
+
+    environment = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+
+    store_ids = add_stores_concurrently(tmp_path, environment)
+
     deployments = managed_deployments()
     assert len(deployments) == 20 * 4
+    assert {name.split("/")[1] for name in deployments} == set(store_ids)
+
+
+@pytest.fixture
+def postgres_prefect_server(tmp_path):
+    """A Prefect server on its own PostgreSQL database, started for one test."""
+    import psycopg
+
+    from tests.conftest import connect_postgres, free_port
+
+    connect_postgres().dispose()
+    with psycopg.connect(
+        "postgresql://mkt:mkt@127.0.0.1:5432/mkt_test", autocommit=True
+    ) as db:
+        db.execute("DROP DATABASE IF EXISTS mkt_prefect_test WITH (FORCE)")
+        db.execute("CREATE DATABASE mkt_prefect_test")
+    port = free_port()
+    environment = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-pg"),
+        "PREFECT_API_DATABASE_CONNECTION_URL": (
+            "postgresql+asyncpg://mkt:mkt@127.0.0.1:5432/mkt_prefect_test"
+        ),
+    }
+    log = open(tmp_path / "prefect-pg.log", "wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
+        + ["--port", str(port)],
+        env=environment,
+        stdout=log,
+        stderr=log,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        wait_for_health(url, server, tmp_path / "prefect-pg.log")
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def wait_for_health(url, server, log_path, timeout_s=180):
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert server.poll() is None, log_path.read_text()[-3000:]
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(
+        f"Prefect server did not start: {log_path.read_text()[-3000:]}"
+    )
+
+
+@pytest.mark.slow
+def test_concurrent_add_store_on_postgres(mkt_home, tmp_path, postgres_prefect_server):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tests.conftest import POSTGRES_URL, connect_postgres
+
+    engine = connect_postgres()
+    from sqlmodel import SQLModel
+
+    SQLModel.metadata.drop_all(engine)
+    engine.dispose()
+    environment = {
+        **os.environ,
+        "PREFECT_API_URL": postgres_prefect_server,
+        "MKT_DATABASE_URL": POSTGRES_URL,
+    }
+
+    store_ids = add_stores_concurrently(tmp_path, environment)
+
+    with temporary_settings({PREFECT_API_URL: postgres_prefect_server}):
+        deployments = managed_deployments()
+    assert len(deployments) == 20 * 4, sorted(deployments)
     assert {name.split("/")[1] for name in deployments} == set(store_ids)
