@@ -87,6 +87,7 @@ def encode_titles(
             batch_size=batch_size,
             normalize_embeddings=True,
             convert_to_numpy=True,
+            show_progress_bar=False,
         )
         if on_progress is not None:
             on_progress(start + len(chunk), len(titles))
@@ -95,9 +96,8 @@ def encode_titles(
 
 def cache_file_name(model_name: str) -> str:
     """Return the cache file name of an embedding model, safe on every file system."""
-    readable = "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in model_name)[
-        -60:
-    ]
+    safe_chars = (ch if ch.isalnum() or ch in "-." else "_" for ch in model_name)
+    readable = "".join(safe_chars)[-60:]
     return f"{readable}-{hash_text(model_name)[:12]}.sqlite"
 
 
