@@ -114,24 +114,26 @@ def idle_sync_seconds(configs) -> tuple[float, int]:
 
 
 def deploy_with_prefect_api(store_ids: list[str]) -> list[float]:
-    """Create the same four deployments per store with Prefect's deploy API, one by one."""
+    """Create the same five deployments per store with Prefect's deploy API, one by one."""
     from mkt.flows.crawl import crawl_store
     from mkt.flows.embed import embed_store
     from mkt.flows.evaluate import evaluate_store
+    from mkt.flows.monitor import monitor_store
     from mkt.flows.train import train_store
 
     durations = []
     for store_id in store_ids:
         started = time.perf_counter()
-        for flow, schedule in (
-            (crawl_store, {"interval": 6 * 3600}),
-            (embed_store, {}),
-            (train_store, {"cron": "0 3 * * 0"}),
-            (evaluate_store, {}),
+        for flow, schedule, extra in (
+            (crawl_store, {"interval": 6 * 3600}, {}),
+            (embed_store, {}, {}),
+            (train_store, {"cron": "0 3 * * 0"}, {}),
+            (evaluate_store, {}, {}),
+            (monitor_store, {"interval": 3600}, {"retrain": True}),
         ):
             deployment = flow.to_deployment(
                 name=f"{store_id}",
-                parameters={"store_id": store_id},
+                parameters={"store_id": store_id, **extra},
                 work_pool_name="mkt-process",
                 tags=[f"store:{store_id}"],
                 concurrency_limit=1,
@@ -179,7 +181,7 @@ def report(store_count: int, mkt_times, prefect_times, idle_s, unchanged) -> str
             "",
             "| measure | mkt | Prefect deploy API | ratio |",
             "|---|---|---|---|",
-            f"| create {store_count} stores x 4 deployments, total s | {mkt_total:.1f} | "
+            f"| create {store_count} stores x 5 deployments, total s | {mkt_total:.1f} | "
             f"{prefect_total:.1f} | {prefect_total / mkt_total:.2f}x |",
             f"| per store, median s | {percentile(mkt_times, 0.5):.3f} | "
             f"{percentile(prefect_times, 0.5):.3f} | |",

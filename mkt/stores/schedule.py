@@ -4,8 +4,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Stage = Literal["crawl", "embed", "train", "evaluate"]
-STAGES: tuple[Stage, ...] = ("crawl", "embed", "train", "evaluate")
+Stage = Literal["crawl", "embed", "train", "evaluate", "monitor"]
+STAGES: tuple[Stage, ...] = ("crawl", "embed", "train", "evaluate", "monitor")
 DEFAULT_WORK_POOL = "mkt-process"
 
 
@@ -45,11 +45,12 @@ def _default_deployments() -> dict[str, StageDeployment]:
         "embed": StageDeployment(),
         "train": StageDeployment(cron="0 3 * * 0"),
         "evaluate": StageDeployment(),
+        "monitor": StageDeployment(interval_h=1, after_previous_stage=False),
     }
 
 
 class DeploymentSettings(_Strict):
-    """The store's four stage deployments and when a retrain is worth it."""
+    """The store's stage and monitor deployments, and when a retrain is worth it."""
 
     crawl: StageDeployment = Field(
         default_factory=lambda: _default_deployments()["crawl"]
@@ -62,6 +63,13 @@ class DeploymentSettings(_Strict):
     )
     evaluate: StageDeployment = Field(
         default_factory=lambda: _default_deployments()["evaluate"]
+    )
+    monitor: StageDeployment = Field(
+        default_factory=lambda: _default_deployments()["monitor"]
+    )
+    retrain_on_alert: bool = Field(
+        default=True,
+        description="Let the monitor deployment start train when an alert calls for it.",
     )
     retrain_min_new_fraction: float = Field(
         default=0.05,

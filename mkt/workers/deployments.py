@@ -37,6 +37,7 @@ FLOW_ENTRYPOINTS = {
     "embed": "mkt.flows.embed.embed_store",
     "train": "mkt.flows.train.train_store",
     "evaluate": "mkt.flows.evaluate.evaluate_store",
+    "monitor": "mkt.flows.monitor.monitor_store",
     "sync": "mkt.flows.sync.sync_stores",
 }
 # A crawl started while one runs is cancelled; trains and evaluations wait their turn.
@@ -45,6 +46,7 @@ COLLISION_STRATEGIES = {
     "embed": ConcurrencyLimitStrategy.CANCEL_NEW,
     "train": ConcurrencyLimitStrategy.ENQUEUE,
     "evaluate": ConcurrencyLimitStrategy.ENQUEUE,
+    "monitor": ConcurrencyLimitStrategy.CANCEL_NEW,
     "sync": ConcurrencyLimitStrategy.CANCEL_NEW,
 }
 # Few future runs per schedule keep the scheduler's table small with hundreds of stores.
@@ -93,7 +95,7 @@ def stage_spec(
         name=config.store_id,
         entrypoint=FLOW_ENTRYPOINTS[stage],
         work_pool=settings.work_pool,
-        parameters=(("store_id", config.store_id),),
+        parameters=stage_parameters(config, stage),
         tags=tuple(sorted({MANAGED_TAG, f"store:{config.store_id}", f"stage:{stage}"})),
         schedule=schedule,
         collision_strategy=COLLISION_STRATEGIES[stage].value,
@@ -101,8 +103,18 @@ def stage_spec(
     )
 
 
+def stage_parameters(config: StoreConfig, stage: str) -> tuple[tuple[str, Any], ...]:
+    """Return a stage deployment's flow parameters, sorted by name."""
+    if stage == "monitor":
+        return (
+            ("retrain", config.deployments.retrain_on_alert),
+            ("store_id", config.store_id),
+        )
+    return (("store_id", config.store_id),)
+
+
 def store_specs(config: StoreConfig) -> list[DeploymentSpec]:
-    """Return the four stage deployment specs of a store."""
+    """Return the deployment specs of a store: its four stages and its monitor."""
     return [
         stage_spec(config, stage, config.deployments.for_stage(stage))
         for stage in STAGES

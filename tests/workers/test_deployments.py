@@ -54,7 +54,7 @@ def clean_server(prefect_harness):
     call(delete_all)
 
 
-def test_add_store_creates_four_scheduled_deployments(mkt_home, tmp_path, clean_server):
+def test_add_store_creates_scheduled_deployments(mkt_home, tmp_path, clean_server):
     result = add_store(tmp_path)
 
     deployments = managed_deployments()
@@ -62,6 +62,7 @@ def test_add_store_creates_four_scheduled_deployments(mkt_home, tmp_path, clean_
         "crawl/shop-a",
         "embed/shop-a",
         "evaluate/shop-a",
+        "monitor/shop-a",
         "train/shop-a",
     ]
     crawl, _ = deployments["crawl/shop-a"]
@@ -71,6 +72,9 @@ def test_add_store_creates_four_scheduled_deployments(mkt_home, tmp_path, clean_
     assert crawl.global_concurrency_limit.limit == 1
     assert crawl.concurrency_options.collision_strategy.value == "CANCEL_NEW"
     assert {MANAGED_TAG, "store:shop-a"} <= set(crawl.tags)
+    monitor, _ = deployments["monitor/shop-a"]
+    assert monitor.parameters == {"store_id": "shop-a", "retrain": True}
+    assert monitor.schedules[0].schedule.interval.total_seconds() == 3600
     train, _ = deployments["train/shop-a"]
     assert train.schedules[0].schedule.cron == "0 3 * * 0"
     assert train.concurrency_options.collision_strategy.value == "ENQUEUE"
@@ -84,7 +88,7 @@ def test_sync_is_idempotent(mkt_home, tmp_path, clean_server):
     result = runner.invoke(app, ["sync"])
 
     assert result.exit_code == 0, result.output
-    assert "0 created, 0 updated, 0 deleted, 5 unchanged" in result.output
+    assert "0 created, 0 updated, 0 deleted, 6 unchanged" in result.output
 
 
 def test_sync_repairs_hand_edits_and_deletions(mkt_home, tmp_path, clean_server):
@@ -138,6 +142,7 @@ def test_remove_store_deletes_only_its_deployments(mkt_home, tmp_path, clean_ser
         "crawl/shop-b",
         "embed/shop-b",
         "evaluate/shop-b",
+        "monitor/shop-b",
         "train/shop-b",
     ]
 
@@ -286,7 +291,7 @@ def test_concurrent_add_store_leaves_consistent_server(
     store_ids = add_stores_concurrently(tmp_path, environment)
 
     deployments = managed_deployments()
-    assert len(deployments) == 20 * 4
+    assert len(deployments) == 20 * 5
     assert {name.split("/")[1] for name in deployments} == set(store_ids)
 
 
@@ -365,5 +370,5 @@ def test_concurrent_add_store_on_postgres(mkt_home, tmp_path, postgres_prefect_s
 
     with temporary_settings({PREFECT_API_URL: postgres_prefect_server}):
         deployments = managed_deployments()
-    assert len(deployments) == 20 * 4, sorted(deployments)
+    assert len(deployments) == 20 * 5, sorted(deployments)
     assert {name.split("/")[1] for name in deployments} == set(store_ids)
