@@ -75,7 +75,9 @@ def ensure_experiment(settings: Settings, store_id: str) -> str:
     if experiment is not None:
         return experiment.experiment_id
     artifact_location = None
-    if settings.mlflow_tracking_uri is None:
+    # With a SQLite tracking file MLflow would put artifacts in ./mlruns of the current
+    # directory; a tracking server picks its own artifact store instead.
+    if settings.resolved_mlflow_tracking_uri.startswith("sqlite:"):
         artifact_location = (settings.mlflow_artifacts_dir / store_id).as_uri()
     return mlflow.create_experiment(name, artifact_location=artifact_location)
 
