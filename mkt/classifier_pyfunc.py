@@ -36,6 +36,7 @@ class StoreClassifierModel(mlflow.pyfunc.PythonModel):
     # the logged signature validates the input instead.
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         """Return the best category, its score, the abstain flag and top-k candidates per title."""
+        from mkt.classifier import Prediction
         from mkt.embeddings import encode_titles, load_encoder
         from mkt.titles import clean_title
 
@@ -44,8 +45,14 @@ class StoreClassifierModel(mlflow.pyfunc.PythonModel):
         if self._encoder is None:
             self._encoder = load_encoder(self.metadata["embedding_model"])
         cleaned = [clean_title(title) for title in titles]
-        embeddings = encode_titles(self._encoder, cleaned)
-        predictions = self.classifier.predict(embeddings, top_k=top_k)
+        # Empty names carry no signal, so they get an abstention instead of a guess.
+        positions = [i for i, title in enumerate(cleaned) if title]
+        predictions = [Prediction(None, None, 0.0)] * len(titles)
+        if positions:
+            embeddings = encode_titles(self._encoder, [cleaned[i] for i in positions])
+            found = self.classifier.predict(embeddings, top_k=top_k)
+            for position, prediction in zip(positions, found):
+                predictions[position] = prediction
         return predictions_frame(titles, predictions)
 
 

@@ -1,6 +1,7 @@
 """The `mkt classify` command: classify product names with a store's champion."""
 
 import json
+import sys
 from typing import Annotated
 
 import typer
@@ -16,7 +17,10 @@ def classify(
         int, typer.Option("--top-k", min=1, max=50, help="Candidates per name.")
     ] = 3,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print JSON lines instead of a table.")
+        bool,
+        typer.Option(
+            "--json", help="Print one JSON object per line instead of a table."
+        ),
     ] = False,
 ) -> None:
     """Classify product names with the store's @champion classifier.
@@ -27,17 +31,21 @@ def classify(
     """
     import pandas as pd
 
+    from mkt.catalog import load_store
+    from mkt.flows.context import open_database
     from mkt.registry import configure_mlflow, load_champion
     from mkt.settings import Settings
 
-    configure_mlflow(Settings())
+    settings = Settings()
+    load_store(open_database(settings), store_id)
+    configure_mlflow(settings)
     classifier = load_champion(store_id)
     result = classifier.predict(pd.DataFrame({"title": names}), params={"top_k": top_k})
 
     if as_json:
         for row in result.to_dict(orient="records"):
             row["candidates"] = json.loads(row["candidates"])
-            out.print_json(json.dumps(row, ensure_ascii=False))
+            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
         return
     out.print(predictions_table(result))
 

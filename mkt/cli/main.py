@@ -46,7 +46,12 @@ def configure(
     from mkt.settings import Settings
 
     level = logging.DEBUG if verbose else logging.INFO
-    handler = RichHandler(show_path=False, rich_tracebacks=False, markup=False)
+    from mkt.cli.console import err
+
+    # Logs go to stderr like every other message, so stdout carries only results.
+    handler = RichHandler(
+        console=err, show_path=False, rich_tracebacks=False, markup=False
+    )
     logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s")
     logging.getLogger("mkt").setLevel(level)
 

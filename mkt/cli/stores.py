@@ -6,6 +6,7 @@ from typing import Annotated
 import typer
 
 from mkt.cli.console import err, out, reports_errors
+from mkt.errors import MktError
 
 StoreArgument = Annotated[
     str, typer.Argument(help="Store slug, e.g. amazon-de or allegro-pl.")
@@ -77,7 +78,13 @@ def add_store(
         highlight=False,
     )
     if is_deploy:
-        print_plan(sync_stores_now({store_id}))
+        try:
+            print_plan(sync_stores_now({store_id}))
+        except Exception as exc:  # the store stays registered, so say how to finish
+            raise MktError(
+                f"Store {store_id!r} is registered, but its deployments could not be "
+                f"created: {type(exc).__name__}: {exc}. Fix that, then run: mkt sync"
+            ) from exc
     err.print(f"Next: mkt run {store_id}", highlight=False)
 
 
@@ -96,12 +103,13 @@ def sync_stores_now(store_ids: set[str] | None, *, is_dry_run: bool = False):
     return run_sync(configs, store_ids=store_ids, is_dry_run=is_dry_run)
 
 
-def print_plan(plan) -> None:
+def print_plan(plan, *, is_dry_run: bool = False) -> None:
     """Print a sync plan's changes to stdout and its totals to stderr."""
     for line in plan.describe():
         out.print(line, highlight=False)
     err.print(
-        f"Deployments: {len(plan.to_create)} created, {len(plan.to_update)} updated, "
+        f"Deployments{' (dry run, nothing changed)' if is_dry_run else ''}: "
+        f"{len(plan.to_create)} created, {len(plan.to_update)} updated, "
         f"{len(plan.to_delete)} deleted, {plan.unchanged} unchanged.",
         highlight=False,
     )
@@ -122,7 +130,7 @@ def sync(
         mkt sync --dry-run
         mkt sync
     """
-    print_plan(sync_stores_now(None, is_dry_run=is_dry_run))
+    print_plan(sync_stores_now(None, is_dry_run=is_dry_run), is_dry_run=is_dry_run)
 
 
 @reports_errors

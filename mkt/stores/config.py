@@ -213,6 +213,8 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         value = error.get("input")
         shown = repr(value) if not isinstance(value, dict) else "{...}"
         message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "string_pattern_mismatch" and field == "store_id":
+            message = "must be lower-case letters, digits and '-', starting with a letter or digit"
         lines.append(f"  {field}: {message} (got {shown[:120]})")
     lines.append("Fix the listed fields and run the command again.")
     return "\n".join(lines)

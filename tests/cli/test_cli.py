@@ -97,6 +97,13 @@ def test_run_rejects_unknown_stage(mkt_home):
     assert "deploy" in result.output
 
 
+def test_classify_unknown_store_says_not_found(mkt_home):
+    result = runner.invoke(app, ["classify", "nowhere", "iphone"])
+
+    assert result.exit_code == 1
+    assert "'nowhere' not found" in result.output
+
+
 def test_classify_without_champion_says_to_run(mkt_home, tmp_path):
     config = write_store_config(tmp_path, tmp_path / "p.csv")
     runner.invoke(

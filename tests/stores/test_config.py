@@ -40,6 +40,7 @@ def test_config_rejects_store_id_that_is_not_a_slug(store_id):
 
     message = str(caught.value)
     assert "store_id" in message
+    assert "lower-case letters, digits and '-'" in message
     assert repr(store_id) in message
     assert "'stores/bad.yaml'" in message
 
