@@ -15,6 +15,7 @@ import argparse
 import logging
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
@@ -97,6 +98,8 @@ def add_stores_with_mkt(configs) -> list[float]:
         record_config_version(settings, config)
         run_sync([config], store_ids={config.store_id})
         durations.append(time.perf_counter() - started)
+        if len(durations) % 50 == 0:
+            logger.info("mkt: %d stores added", len(durations))
     return durations
 
 
@@ -206,6 +209,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("mkt").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # SIGTERM ends the run through the finally blocks, so the Prefect server stops too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     with tempfile.TemporaryDirectory(prefix="mkt-bench-") as scratch:
         folder = Path(scratch)
