@@ -61,6 +61,8 @@ class WindowAccumulator:
     )
     latencies_ms: array = field(default_factory=lambda: array("d"))
     embedding_sum: np.ndarray | None = None
+    # Empty names are answered without an embedding, so fewer rows than names are summed.
+    embedding_count: int = 0
 
     def add(
         self,
@@ -77,6 +79,9 @@ class WindowAccumulator:
         clipped = np.clip(np.asarray(top_scores, dtype=np.float64), 0.0, 1.0)
         self.score_counts += np.histogram(clipped, bins=SCORE_BIN_EDGES)[0]
         self.latencies_ms.append(latency_s * 1000.0)
+        if len(embeddings) == 0:
+            return
+        self.embedding_count += len(embeddings)
         total = embeddings.sum(axis=0, dtype=np.float64)
         self.embedding_sum = (
             total if self.embedding_sum is None else self.embedding_sum + total
@@ -90,6 +95,7 @@ class WindowAccumulator:
         self.abstain_count += other.abstain_count
         self.score_counts += other.score_counts
         self.latencies_ms.extend(other.latencies_ms)
+        self.embedding_count += other.embedding_count
         if other.embedding_sum is not None:
             self.embedding_sum = (
                 other.embedding_sum.copy()
@@ -103,7 +109,7 @@ class WindowAccumulator:
         """Return the window as a table row."""
         latencies = np.frombuffer(self.latencies_ms, dtype=np.float64)
         centroid = (
-            self.embedding_sum / max(self.name_count, 1)
+            self.embedding_sum / self.embedding_count
             if self.embedding_sum is not None
             else np.zeros(0)
         )

@@ -103,3 +103,23 @@ def test_scores_outside_unit_interval_land_in_edge_bins(engine):
 
     assert window.score_histogram[0] == 1
     assert window.score_histogram[-1] == 1
+
+
+def test_centroid_averages_only_embedded_names(engine):
+    recorder = ServingStatsRecorder()
+    record(recorder, scores=(0.9,))
+    recorder.record(
+        "shop",
+        "1",
+        latency_s=0.01,
+        top_scores=[0.0],
+        abstain_count=1,
+        embeddings=np.zeros((0, 2), dtype=np.float32),
+    )
+
+    recorder.flush(engine)
+    window = load_serving_windows(engine, "shop", datetime(2000, 1, 1))[0]
+
+    assert window.name_count == 2
+    assert window.abstain_count == 1
+    assert window.centroid == [1.0, 0.0]

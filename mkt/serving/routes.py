@@ -4,6 +4,7 @@ import secrets
 import time
 from typing import TYPE_CHECKING
 
+import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import text
@@ -135,8 +136,7 @@ def classify(
     loaded = state.pool.get(store_id)
 
     names = [clean_title(name) for name in request.names]
-    embeddings = state.encoder.encode(loaded.embedding_model, names)
-    predictions = loaded.classifier.predict(embeddings, top_k=request.top_k)
+    embeddings, predictions = predict_names(state, loaded, names, request.top_k)
     response = ClassifyResponse(
         store_id=store_id,
         classifier_version=loaded.version,
@@ -187,6 +187,28 @@ def check_limits(request: ClassifyRequest, state: "ServingState") -> None:
         )
 
 
+def predict_names(
+    state: "ServingState", loaded: LoadedClassifier, names: list[str], top_k: int
+) -> tuple[np.ndarray, list[Prediction]]:
+    """Return the embeddings of the non-empty names and a prediction for every name.
+
+    Empty names carry no signal, so they get an abstention instead of a guess, the same
+    as in the MLflow pyfunc flavour.
+    """
+    positions = [i for i, name in enumerate(names) if name]
+    predictions = [Prediction(None, None, 0.0)] * len(names)
+    if not positions:
+        return np.zeros((0, loaded.classifier.dimension), dtype=np.float32), predictions
+
+    embeddings = state.encoder.encode(
+        loaded.embedding_model, [names[i] for i in positions]
+    )
+    found = loaded.classifier.predict(embeddings, top_k=top_k)
+    for position, prediction in zip(positions, found):
+        predictions[position] = prediction
+    return embeddings, predictions
+
+
 def result_of(name: str, prediction: Prediction) -> NameResult:
     """Return the API result for one name."""
     return NameResult(
@@ -210,7 +232,7 @@ def record_request(
     state: "ServingState",
     loaded: LoadedClassifier,
     predictions: list[Prediction],
-    embeddings,
+    embeddings: np.ndarray,
     latency_s: float,
 ) -> None:
     """Count a classify request in Prometheus and in the store's serving window."""

@@ -116,6 +116,19 @@ def test_classify_keeps_request_order(trained_stores, client):
     ]
 
 
+def test_classify_abstains_on_blank_names(trained_stores, client):
+    mixed = classify(client, PHONE_STORE, "  ", "apple iphone 8")
+    blank = classify(client, PHONE_STORE, "")
+
+    blank_result, named_result = mixed.json()["results"]
+    assert blank_result["is_abstained"]
+    assert blank_result["candidates"] == []
+    assert blank_result["name"] == "  "
+    assert named_result["category_path"] == "Mobile Phones"
+    assert blank.status_code == 200
+    assert blank.json()["results"][0]["is_abstained"]
+
+
 def test_stores_lists_champion_and_loaded_version(trained_stores, client):
     before = store_state(client, PHONE_STORE)
     classify(client, PHONE_STORE, "apple iphone 8")
