@@ -49,6 +49,7 @@ RUN useradd --create-home --uid 1000 --user-group --shell /bin/sh mkt \
     && chown mkt:mkt /var/lib/mkt \
     && python_version="$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')" \
     && ln -s "/opt/venv/lib/python${python_version}/site-packages/mkt" /opt/mkt/mkt
+# HF_HUB_OFFLINE: the embedding model ships as a package, and no model hub is reachable.
 ENV PATH=/opt/venv/bin:$PATH \
     VIRTUAL_ENV=/opt/venv \
     MKT_HOME=/var/lib/mkt \
@@ -69,7 +70,7 @@ USER mkt
 
 # VARIANT=gpu builds the same environment with another label. A real GPU build fills
 # the wheelhouse with a CUDA build of torch 2.13.0 (from the PyTorch CUDA wheel index,
-# with its nvidia-* runtime wheels) and faiss-gpu-cu12 in place of faiss-cpu; the NVIDIA
+# with its nvidia-* runtime wheels) and faiss-gpu-cu12 in place of faiss-cpu. The NVIDIA
 # driver comes from the host through the NVIDIA container runtime. The arguments come
 # after the last RUN, because every RUN after an ARG is rebuilt when its value changes.
 ARG VARIANT=cpu
