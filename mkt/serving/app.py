@@ -115,9 +115,9 @@ async def run_background_work(app: FastAPI):
     settings = state.settings
     workers = [
         PeriodicWorker(
-            "champion check",
+            "store refresh",
             settings.serve_alias_check_interval_s,
-            state.pool.follow_champions,
+            state.pool.refresh_stores,
         ),
         PeriodicWorker(
             "serving statistics flush",

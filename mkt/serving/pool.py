@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
-from mkt.catalog import load_store
+from mkt.catalog import list_store_rows, load_store
 from mkt.errors import ClassifierNotFound
 from mkt.serving.loading import (
     ClassifierLoadFailed,
@@ -49,8 +49,8 @@ class ClassifierPool:
 
     A store's classifier loads on its first request. When the estimated memory of the
     loaded classifiers and their embedding models passes the budget, the least recently
-    used classifiers are unloaded. `follow_champions` switches a loaded store to the
-    version its alias points at; a version that fails to load leaves the old one serving.
+    used classifiers are unloaded. `refresh_stores` switches a loaded store to the version
+    its alias points at, and a version that fails to load leaves the old one serving.
     """
 
     def __init__(
@@ -95,12 +95,31 @@ class ClassifierPool:
         with self._lock:
             return self._memory_bytes_locked()
 
-    def follow_champions(self) -> None:
-        """Switch every loaded store whose `@champion` alias moved to the new version."""
+    def refresh_stores(self) -> None:
+        """Drop unregistered stores and switch loaded ones whose `@champion` moved."""
+        self._drop_unregistered()
         with self._lock:
             loaded_slots = [slot for slot in self._slots.values() if slot.loaded]
         for slot in loaded_slots:
             self._follow_champion(slot)
+
+    def _drop_unregistered(self) -> None:
+        registered = {row.store_id for row in list_store_rows(self.engine)}
+        with self._lock:
+            removed = [
+                store_id for store_id in self._slots if store_id not in registered
+            ]
+            for store_id in removed:
+                del self._slots[store_id]
+            memory_bytes = self._memory_bytes_locked()
+
+        self.metrics.memory_bytes.set(memory_bytes)
+        for store_id in removed:
+            self.metrics.served_version.remove(store_id)
+            self.metrics.has_load_error.remove(store_id)
+            logger.info(
+                "Store %r: unregistered, so its classifier is unloaded", store_id
+            )
 
     def _slot(self, store_id: str) -> StoreSlot:
         with self._lock:

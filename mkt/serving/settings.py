@@ -22,7 +22,8 @@ class ServingSettings(Settings):
     serve_alias_check_interval_s: float = Field(
         default=30.0,
         gt=0,
-        description="Seconds between checks of each loaded store's @champion alias.",
+        description="Seconds between checks of each loaded store's @champion alias "
+        "and of which stores are still registered.",
     )
     serve_load_retry_interval_s: float = Field(
         default=300.0,

@@ -7,6 +7,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from mkt.catalog import remove_store
 from mkt.registry import set_champion
 from mkt.serving import create_app
 from mkt.serving.background import ServerThread
@@ -79,6 +80,12 @@ def failed_store_state(client: httpx.Client, store_id: str):
     """Return the store's entry in GET /stores once it reports a failed version."""
     state = store_state(client, store_id)
     return state if state["failed_version"] else None
+
+
+def status_if_not_ok(client: httpx.Client, store_id: str) -> int | None:
+    """Return the status of a classify request unless it succeeded."""
+    response = classify(client, store_id, "apple iphone 8")
+    return response.status_code if response.status_code != 200 else None
 
 
 @pytest.fixture
@@ -311,6 +318,27 @@ def test_broken_first_version_answers_503(trained_stores, tmp_path):
     assert "mkt rollback shop-broken-first" in first.json()["detail"]
     assert again.status_code == 503
     assert "Next try in" in again.json()["detail"]
+
+
+def test_removed_store_is_unloaded(trained_stores, tmp_path):
+    store = add_trained_store(tmp_path, "shop-removed", trained_stores["encoder"])
+
+    with (
+        start(serve_alias_check_interval_s=0.2) as server,
+        httpx.Client(base_url=server.url, timeout=WAIT_S) as http,
+    ):
+        before = classify(http, store.store_id, "apple iphone 8")
+        remove_store(serving_engine(), store.store_id)
+        after = wait_for(lambda: status_if_not_ok(http, store.store_id))
+        listed = [entry["store_id"] for entry in http.get("/stores").json()["stores"]]
+        served = metric_value(
+            http, "mkt_classifier_served_version", store_id=store.store_id
+        )
+
+    assert before.status_code == 200
+    assert after == 404
+    assert store.store_id not in listed
+    assert served == 0
 
 
 def test_tiny_budget_unloads_least_recently_used(trained_stores):
