@@ -6,7 +6,7 @@ SQLite by default (WAL mode, busy timeout); any SQLAlchemy URL works, PostgreSQL
 import logging
 from datetime import UTC, datetime
 
-from sqlalchemy import Column, Engine, Text, UniqueConstraint, event
+from sqlalchemy import Column, Engine, Text, UniqueConstraint, event, text
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, Session, SQLModel, create_engine
 
@@ -94,10 +94,26 @@ def create_database_engine(url: str, *, busy_timeout_s: float = 30.0) -> Engine:
     """
     if url.startswith("sqlite"):
         engine = _create_sqlite_engine(url, busy_timeout_s)
+        SQLModel.metadata.create_all(engine)
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    SQLModel.metadata.create_all(engine)
+        _create_tables_serialised(engine)
     return engine
+
+
+# Any fixed 64-bit number works; it only has to be the same in every mkt process.
+_SCHEMA_LOCK_KEY = 0x6D6B745F736368
+
+
+def _create_tables_serialised(engine: Engine) -> None:
+    """Create missing tables while holding a PostgreSQL advisory lock.
+
+    Two processes that both see a table missing would both run CREATE TABLE, and the
+    second fails on the catalog's unique index; the lock makes them take turns.
+    """
+    with engine.begin() as connection:
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+        SQLModel.metadata.create_all(connection)
 
 
 def _create_sqlite_engine(url: str, busy_timeout_s: float) -> Engine:
