@@ -9,6 +9,14 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from mkt.index import (
+    IndexKind,
+    build_index,
+    check_memory_budget,
+    plan_index,
+    tune_nprobe,
+)
+
 INDEX_FILE = "index.faiss"
 LABELS_FILE = "vector_labels.npy"
 CATEGORIES_FILE = "categories.json"
@@ -73,26 +81,58 @@ class KnnClassifier:
         embeddings: np.ndarray,
         category_ids: Sequence[str],
         category_paths: dict[str, str],
+        *,
+        rows: np.ndarray | None = None,
+        index: IndexKind = "auto",
+        memory_budget_gb: float = 16.0,
+        recall_target: float = 0.95,
         **settings,
     ) -> "KnnClassifier":
-        """Build an exact inner-product index over the training embeddings."""
-        # A copy, because normalising in place would change the caller's array.
-        embeddings = np.array(embeddings, dtype=np.float32, order="C", copy=True)
-        if embeddings.ndim != 2 or len(embeddings) != len(category_ids):
+        """Build an inner-product index over the training embeddings, chosen by their count.
+
+        Args:
+            embeddings: Training embeddings, in memory or memory-mapped, never modified.
+            category_ids: The category of each indexed row.
+            category_paths: The path of each category id.
+            rows: Positions of the rows of `embeddings` to index; all rows when None.
+            index: Index kind; `auto` chooses it from the number of rows.
+            memory_budget_gb: Largest estimated index memory to build.
+            recall_target: Recall@k against exact search that sets IVF's nprobe.
+            settings: The voting settings passed to the constructor.
+
+        Raises:
+            IndexTooLarge: if the index would not fit the memory budget.
+        """
+        if not isinstance(embeddings, np.ndarray):
+            embeddings = np.asarray(embeddings, dtype=np.float32)
+        row_count = len(embeddings) if rows is None else len(rows)
+        if embeddings.ndim != 2 or row_count != len(category_ids):
             raise ValueError(
-                f"expected one embedding row per label, got shape {embeddings.shape} "
-                f"for {len(category_ids)} labels"
+                f"expected one embedding row per label, got {row_count} rows of shape "
+                f"{embeddings.shape} for {len(category_ids)} labels"
             )
-        # Inner product equals cosine similarity only because the rows are L2-normalised.
-        faiss.normalize_L2(embeddings)
-        index = faiss.IndexFlatIP(embeddings.shape[1])
-        index.add(embeddings)
+        plan = plan_index(
+            row_count,
+            embeddings.shape[1],
+            kind=index,
+            memory_budget_gb=memory_budget_gb,
+        )
+        check_memory_budget(plan, memory_budget_gb)
+        faiss_index = build_index(embeddings, plan, rows=rows)
+        if plan.kind != "flat":
+            tune_nprobe(
+                faiss_index,
+                embeddings,
+                rows=rows,
+                k=settings.get("k", 10),
+                recall_target=recall_target,
+            )
 
         ordered_ids = sorted(set(category_ids))
         position_of = {category_id: i for i, category_id in enumerate(ordered_ids)}
         categories = [(c, category_paths.get(c, c)) for c in ordered_ids]
         vector_labels = np.array([position_of[c] for c in category_ids], dtype=np.int64)
-        return cls(index, vector_labels, categories, **settings)
+        return cls(faiss_index, vector_labels, categories, **settings)
 
     @property
     def dimension(self) -> int:

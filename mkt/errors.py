@@ -27,3 +27,7 @@ class NotEnoughData(MktError):
 
 class ClassifierNotFound(MktError):
     """A store has no registered classifier, or none under the requested alias."""
+
+
+class IndexTooLarge(MktError):
+    """A classifier's index would need more memory than the store's budget allows."""

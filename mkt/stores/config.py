@@ -13,6 +13,8 @@ from mkt.stores.schedule import CredentialRef, DeploymentSettings
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 STORE_ID_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
 MetricName = Literal["accuracy", "weighted_f1", "macro_f1"]
+# The kinds mkt.index builds; spelled out here so loading a config does not import FAISS.
+IndexKind = Literal["auto", "flat", "ivf", "ivfpq"]
 
 
 class StrictModel(BaseModel):
@@ -57,6 +59,30 @@ class ClassifierSettings(StrictModel):
         ge=0,
         le=1,
         description="Lowest top score to answer with; below it the classifier abstains.",
+    )
+    index: IndexKind = Field(
+        default="auto",
+        description=(
+            "FAISS index: flat (exact), ivf (inverted lists), ivfpq (inverted lists of "
+            "product-quantized codes), or auto to choose by the number of training names."
+        ),
+    )
+    memory_budget_gb: float = Field(
+        default=16.0,
+        gt=0,
+        description=(
+            "Largest estimated memory of the index, in GB; the train stage rejects a "
+            "larger one."
+        ),
+    )
+    recall_target: float = Field(
+        default=0.95,
+        gt=0,
+        le=1,
+        description=(
+            "Recall@k against exact search that the smallest searched share of an IVF "
+            "index's lists must reach."
+        ),
     )
 
 

@@ -1,0 +1,397 @@
+"""The classifier's FAISS index: its kind chosen by store size, trained on a sample, filled in batches.
+
+Every index compares L2-normalised float32 vectors by inner product, which is then their
+cosine similarity. Rows are read from the embeddings array in batches and normalised one
+batch at a time, so a memory-mapped float16 file never has to fit in memory as float32.
+"""
+
+import logging
+import math
+import mmap
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import faiss
+import numpy as np
+
+from mkt.errors import IndexTooLarge
+
+logger = logging.getLogger(__name__)
+
+IndexKind = Literal["auto", "flat", "ivf", "ivfpq"]
+
+MIN_POINTS_PER_CENTROID = 39
+TRAINING_POINTS_PER_CENTROID = 64
+MIN_LIST_COUNT = 16
+MAX_LIST_COUNT = 65_536
+IVF_MIN_VECTORS = 100_000
+IVFPQ_MIN_VECTORS = 2_000_000
+HNSW_QUANTIZER_MIN_LISTS = 4_096
+HNSW_NEIGHBOURS = 32
+PQ_BITS = 8
+PQ_DIMENSIONS_PER_CODE = 8
+BATCH_ROWS = 65_536
+# std::vector doubles its capacity when it grows, so a store filled in batches may
+# briefly hold up to twice the bytes of its codes and ids.
+GROWTH_FACTOR = 2
+# Doubling nprobe stops once recall@k rises by less than this.
+MIN_RECALL_GAIN = 0.005
+NPROBE_STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+@dataclass(frozen=True)
+class IndexPlan:
+    """The index to build for a number of vectors, and why it was chosen."""
+
+    kind: Literal["flat", "ivf", "ivfpq"]
+    vector_count: int
+    dimension: int
+    list_count: int = 0
+    pq_code_count: int = 0
+    pq_bits: int = PQ_BITS
+    training_count: int = 0
+    kmeans_iterations: int = 20
+    uses_opq: bool = False
+    uses_hnsw_quantizer: bool = False
+    reasons: tuple[str, ...] = field(default=())
+
+    @property
+    def factory_string(self) -> str:
+        """Return the `faiss.index_factory` description of the index."""
+        if self.kind == "flat":
+            return "Flat"
+        quantizer = f"_HNSW{HNSW_NEIGHBOURS}" if self.uses_hnsw_quantizer else ""
+        coarse = f"IVF{self.list_count}{quantizer}"
+        if self.kind == "ivf":
+            return f"{coarse},Flat"
+        # "np" skips polysemous training, which is slow and serves only Hamming filtering.
+        codes = f"PQ{self.pq_code_count}x{self.pq_bits}np"
+        opq = f"OPQ{self.pq_code_count}," if self.uses_opq else ""
+        return f"{opq}{coarse},{codes}"
+
+    @property
+    def bytes_per_vector(self) -> int:
+        """Return the bytes the index stores per vector, ids included."""
+        if self.kind == "flat":
+            return self.dimension * 4
+        if self.kind == "ivf":
+            return self.dimension * 4 + 8
+        return math.ceil(self.pq_code_count * self.pq_bits / 8) + 8
+
+
+def plan_index(
+    vector_count: int,
+    dimension: int,
+    *,
+    kind: IndexKind = "auto",
+    list_count: int | None = None,
+    uses_opq: bool = False,
+    memory_budget_gb: float | None = None,
+) -> IndexPlan:
+    """Choose the index for a store of `vector_count` vectors and log why.
+
+    `auto` picks exact search below IVF_MIN_VECTORS, IVF below IVFPQ_MIN_VECTORS and
+    IVF with product quantization above, and also IVF+PQ when IVF would not fit the
+    memory budget. A kind the store is too small to train falls back to a simpler one.
+    """
+    chosen = kind if kind != "auto" else choose_kind_by_size(vector_count)
+    plan = IndexPlan(kind="flat", vector_count=vector_count, dimension=dimension)
+    if chosen != "flat":
+        plan = plan_inverted_index(plan, chosen, list_count, uses_opq)
+    if (
+        kind == "auto"
+        and plan.kind == "ivf"
+        and memory_budget_gb is not None
+        and estimate_index_bytes(plan) > memory_budget_gb * 1e9
+    ):
+        reason = (
+            f"IVF needs an estimated {format_gb(estimate_index_bytes(plan))}, over "
+            f"the memory budget of {memory_budget_gb:g} GB, so the vectors are compressed"
+        )
+        plan = plan_inverted_index(plan, "ivfpq", list_count, uses_opq)
+        plan = replace(plan, reasons=(*plan.reasons, reason))
+
+    for reason in plan.reasons:
+        logger.info("Index for %d vectors: %s", vector_count, reason)
+    logger.info(
+        "Index for %d vectors of dimension %d: %s (%s), estimated %s",
+        vector_count,
+        dimension,
+        plan.kind,
+        plan.factory_string,
+        format_gb(estimate_index_bytes(plan)),
+    )
+    return plan
+
+
+def choose_kind_by_size(vector_count: int) -> Literal["flat", "ivf", "ivfpq"]:
+    """Return the index kind `auto` uses for a number of vectors."""
+    if vector_count < IVF_MIN_VECTORS:
+        return "flat"
+    if vector_count < IVFPQ_MIN_VECTORS:
+        return "ivf"
+    return "ivfpq"
+
+
+def plan_inverted_index(
+    plan: IndexPlan,
+    kind: Literal["ivf", "ivfpq"],
+    list_count: int | None,
+    uses_opq: bool,
+) -> IndexPlan:
+    """Return an IVF or IVF+PQ plan that respects the training rules, or a fallback."""
+    vector_count, reasons = plan.vector_count, list(plan.reasons)
+    wanted = list_count or default_list_count(vector_count)
+    allowed = vector_count // MIN_POINTS_PER_CENTROID
+    if allowed < MIN_LIST_COUNT:
+        reasons.append(
+            f"{kind} falls back to exact search: {vector_count} vectors train fewer "
+            f"than {MIN_LIST_COUNT} lists at {MIN_POINTS_PER_CENTROID} points per centroid"
+        )
+        return replace(plan, kind="flat", reasons=tuple(reasons))
+    if wanted > allowed:
+        reasons.append(
+            f"{wanted} lists would have fewer than {MIN_POINTS_PER_CENTROID} training "
+            f"points per centroid, so {allowed} lists are used"
+        )
+        wanted = allowed
+
+    training_count = min(vector_count, TRAINING_POINTS_PER_CENTROID * wanted)
+    plan = replace(
+        plan,
+        kind=kind,
+        list_count=wanted,
+        training_count=training_count,
+        uses_hnsw_quantizer=wanted >= HNSW_QUANTIZER_MIN_LISTS,
+        reasons=tuple(reasons),
+    )
+    if kind == "ivf":
+        return plan
+    if training_count < 2**PQ_BITS:
+        reasons.append(
+            f"ivfpq falls back to ivf: {training_count} training points are fewer than "
+            f"the {2**PQ_BITS} a {PQ_BITS}-bit PQ codebook needs"
+        )
+        return replace(plan, kind="ivf", reasons=tuple(reasons))
+    code_count = pq_code_count(plan.dimension)
+    return replace(plan, pq_code_count=code_count, uses_opq=uses_opq)
+
+
+def default_list_count(vector_count: int) -> int:
+    """Return about 4 * sqrt(n) lists, as a power of two within the supported range."""
+    target = 4 * math.sqrt(max(vector_count, 1))
+    power = 2 ** round(math.log2(target))
+    return int(min(max(power, MIN_LIST_COUNT), MAX_LIST_COUNT))
+
+
+def pq_code_count(dimension: int) -> int:
+    """Return the number of PQ sub-quantizers: about one byte per 8 dimensions."""
+    wanted = max(1, dimension // PQ_DIMENSIONS_PER_CODE)
+    return max(m for m in range(1, wanted + 1) if dimension % m == 0)
+
+
+def estimate_index_bytes(plan: IndexPlan, batch_rows: int = BATCH_ROWS) -> int:
+    """Estimate the peak memory of building the index and holding one label per vector."""
+    vector_bytes = plan.vector_count * plan.bytes_per_vector * GROWTH_FACTOR
+    label_bytes = plan.vector_count * 8
+    row_bytes = plan.dimension * 4
+    batch_bytes = 2 * min(batch_rows, plan.vector_count) * row_bytes
+    training_bytes = 2 * plan.training_count * row_bytes
+    centroid_bytes = plan.list_count * row_bytes
+    if plan.uses_hnsw_quantizer:
+        centroid_bytes += plan.list_count * HNSW_NEIGHBOURS * 2 * 4
+    if plan.uses_opq:
+        centroid_bytes += plan.dimension * plan.dimension * 4
+    return int(
+        vector_bytes + label_bytes + batch_bytes + training_bytes + centroid_bytes
+    )
+
+
+def format_gb(byte_count: float) -> str:
+    """Format a byte count in decimal gigabytes."""
+    return f"{byte_count / 1e9:.2f} GB"
+
+
+def check_memory_budget(plan: IndexPlan, memory_budget_gb: float) -> None:
+    """Raise IndexTooLarge when the plan's estimated memory exceeds the budget.
+
+    Raises:
+        IndexTooLarge: with the estimate, the budget and the settings to change.
+    """
+    needed = estimate_index_bytes(plan)
+    if needed <= memory_budget_gb * 1e9:
+        return
+    advice = f"raise classifier.memory_budget_gb to at least {math.ceil(needed / 1e9)}"
+    if (
+        plan.kind != "ivfpq"
+        and plan.vector_count >= MIN_LIST_COUNT * MIN_POINTS_PER_CENTROID
+    ):
+        compressed = plan_inverted_index(plan, "ivfpq", None, False)
+        if compressed.kind == "ivfpq":
+            advice = (
+                f"set classifier.index to ivfpq (estimated "
+                f"{format_gb(estimate_index_bytes(compressed))}) or {advice}"
+            )
+    raise IndexTooLarge(
+        f"The {plan.kind} index ({plan.factory_string}) of {plan.vector_count:,} vectors "
+        f"of dimension {plan.dimension} needs an estimated {format_gb(needed)}, over "
+        f"the memory budget of {memory_budget_gb:g} GB. To build it, {advice}."
+    )
+
+
+def read_normalised_rows(embeddings: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Return the rows at `positions` as L2-normalised float32, reading only those rows."""
+    rows = np.array(embeddings[positions], dtype=np.float32, order="C")
+    release_mapped_pages(embeddings)
+    # Inner product equals cosine similarity only because the rows are L2-normalised.
+    faiss.normalize_L2(rows)
+    return rows
+
+
+def release_mapped_pages(embeddings: np.ndarray) -> None:
+    """Drop a memory-mapped array's pages from this process, so reading it keeps RSS flat."""
+    # np.memmap keeps its mmap object private; plain arrays have none and are skipped.
+    mapping = getattr(embeddings, "_mmap", None)
+    if isinstance(mapping, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED)
+
+
+def build_index(
+    embeddings: np.ndarray,
+    plan: IndexPlan,
+    *,
+    rows: np.ndarray | None = None,
+    seed: int = 0,
+    batch_rows: int = BATCH_ROWS,
+) -> faiss.Index:
+    """Train the planned index on a random sample of rows and add all rows in batches.
+
+    Args:
+        embeddings: A 2-D array, in memory or memory-mapped, float16 or float32.
+        plan: The index to build, from `plan_index`.
+        rows: Positions of the rows to index, in order; all rows when None. The index
+            numbers the vectors 0, 1, ... in this order.
+        seed: Seed of the training sample.
+        batch_rows: Rows read, normalised and added at a time.
+    """
+    rows = np.arange(len(embeddings)) if rows is None else np.asarray(rows)
+    if plan.kind == "flat":
+        # The factory would return an IndexFlat that reads back as IndexFlatIP.
+        index = faiss.IndexFlatIP(plan.dimension)
+    else:
+        index = faiss.index_factory(
+            plan.dimension, plan.factory_string, faiss.METRIC_INNER_PRODUCT
+        )
+        faiss.extract_index_ivf(index).cp.niter = plan.kmeans_iterations
+        sample = np.random.default_rng(seed).choice(
+            len(rows), size=plan.training_count, replace=False
+        )
+        index.train(read_normalised_rows(embeddings, rows[np.sort(sample)]))
+
+    for start in range(0, len(rows), batch_rows):
+        index.add(read_normalised_rows(embeddings, rows[start : start + batch_rows]))
+    return index
+
+
+def exact_neighbours(
+    embeddings: np.ndarray,
+    rows: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    *,
+    batch_rows: int = BATCH_ROWS,
+) -> np.ndarray:
+    """Return the positions (into `rows`) of each query's k most similar rows, exactly."""
+    heap = faiss.ResultHeap(len(queries), k, keep_max=True)
+    for start in range(0, len(rows), batch_rows):
+        batch = read_normalised_rows(embeddings, rows[start : start + batch_rows])
+        similarities, positions = faiss.knn(
+            queries, batch, min(k, len(batch)), metric=faiss.METRIC_INNER_PRODUCT
+        )
+        heap.add_result(similarities, np.where(positions >= 0, positions + start, -1))
+    heap.finalize()
+    return heap.I
+
+
+def recall_at_k(found: np.ndarray, true_positions: np.ndarray, k: int) -> float:
+    """Return recall@k: the mean share of each query's exact top k found by the index."""
+    hits = [
+        len(np.intersect1d(found_row[:k], true_row[:k][true_row[:k] >= 0]))
+        for found_row, true_row in zip(found, true_positions)
+    ]
+    return float(np.mean(hits) / k)
+
+
+def drop_queries_themselves(
+    positions: np.ndarray, query_positions: np.ndarray, k: int
+) -> np.ndarray:
+    """Remove each query's own position from its neighbours and keep the first k."""
+    kept = np.full((len(positions), k), -1, dtype=np.int64)
+    for i, (row, own) in enumerate(zip(positions, query_positions)):
+        others = row[row != own][:k]
+        kept[i, : len(others)] = others
+    return kept
+
+
+def tune_nprobe(
+    index: faiss.Index,
+    embeddings: np.ndarray,
+    *,
+    rows: np.ndarray | None = None,
+    k: int = 10,
+    recall_target: float = 0.95,
+    query_count: int = 500,
+    seed: int = 0,
+) -> tuple[int, float]:
+    """Set the smallest nprobe whose recall@k reaches the target; return it and its recall.
+
+    The queries are a random sample of the indexed rows, each left out of its own
+    results, so they stand in for unseen names near the training data. Exact search
+    over all rows gives the true neighbours. nprobe doubles until the target is met or
+    recall stops rising; a warning is logged when the target is not met.
+    """
+    inverted = faiss.extract_index_ivf(index)
+    rows = np.arange(len(embeddings)) if rows is None else np.asarray(rows)
+    sample = np.random.default_rng(seed).choice(
+        len(rows), size=min(query_count, len(rows)), replace=False
+    )
+    query_positions = np.sort(sample)
+    queries = read_normalised_rows(embeddings, rows[query_positions])
+    exact = exact_neighbours(embeddings, rows, queries, k + 1)
+    true_positions = drop_queries_themselves(exact, query_positions, k)
+
+    steps = [step for step in NPROBE_STEPS if step < inverted.nlist] + [inverted.nlist]
+    best_nprobe, best_recall = steps[0], -1.0
+    for nprobe in steps:
+        inverted.nprobe = nprobe
+        _, found = index.search(queries, k + 1)
+        recall = recall_at_k(
+            drop_queries_themselves(found, query_positions, k), true_positions, k
+        )
+        if recall < best_recall + MIN_RECALL_GAIN:
+            break
+        best_nprobe, best_recall = nprobe, recall
+        if recall >= recall_target:
+            break
+    inverted.nprobe, nprobe, recall = best_nprobe, best_nprobe, best_recall
+    if recall < recall_target:
+        # NOTE: compressed codes cap the recall however many lists are searched; the
+        # exact vectors are not kept to re-rank the candidates.
+        logger.warning(
+            "Index %r: recall@%d stops at %.3f from nprobe %d, under the target %.3f; "
+            "the classifier may miss some true neighbours",
+            type(index).__name__,
+            k,
+            recall,
+            nprobe,
+            recall_target,
+        )
+    logger.info(
+        "Index: nprobe %d of %d lists gives recall@%d %.3f on %d held-out queries",
+        nprobe,
+        inverted.nlist,
+        k,
+        recall,
+        len(queries),
+    )
+    return nprobe, recall
