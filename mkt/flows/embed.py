@@ -3,19 +3,27 @@
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
+import numpy as np
 from prefect import flow, get_run_logger, task
 
 from mkt.catalog import load_store
 from mkt.embeddings import ProgressCallback, embed_with_cache
+from mkt.errors import NotEnoughData
 from mkt.flows.context import open_database, trigger_stage
+from mkt.index import release_mapped_pages
 from mkt.settings import Settings
 from mkt.snapshot import (
     build_training_snapshot,
     load_labelled_products,
+    open_embeddings_file,
     save_snapshot,
     stats_dict,
 )
+
+# Titles embedded per chunk; one chunk of 384-dimensional float32 rows is about 150 MB.
+STREAM_CHUNK_ROWS = 100_000
 
 
 @contextmanager
@@ -46,6 +54,44 @@ def embedding_progress(is_shown: bool) -> Iterator[ProgressCallback | None]:
             progress.update(bar, completed=done_count, total=total_count)
 
         yield update
+
+
+def embed_to_file(
+    titles: list[str],
+    embedding_model: str,
+    settings: Settings,
+    store_dir: Path,
+    *,
+    on_progress: ProgressCallback | None = None,
+    chunk_rows: int = STREAM_CHUNK_ROWS,
+) -> tuple[np.memmap, int]:
+    """Embed titles chunk by chunk into the snapshot's float16 embeddings file.
+
+    Only one chunk is held as float32 at a time, so memory does not grow with the
+    number of names. Returns the memory-mapped file and how many titles were newly encoded.
+    """
+    embeddings, new_count = None, 0
+    for start in range(0, len(titles), chunk_rows):
+        chunk = titles[start : start + chunk_rows]
+        vectors, chunk_new_count = embed_with_cache(
+            chunk,
+            embedding_model,
+            settings.embedding_cache_dir,
+            batch_size=settings.embedding_batch_size,
+            on_progress=on_progress,
+        )
+        if embeddings is None:
+            embeddings = open_embeddings_file(store_dir, len(titles), vectors.shape[1])
+        embeddings[start : start + len(chunk)] = vectors
+        embeddings.flush()
+        release_mapped_pages(embeddings)
+        new_count += chunk_new_count
+    if embeddings is None:
+        raise NotEnoughData(
+            f"Store snapshot in {str(store_dir)!r} has no names to embed. Crawl "
+            "products first: mkt run STORE_ID --stage crawl"
+        )
+    return embeddings, new_count
 
 
 @task(name="build-snapshot")
@@ -86,11 +132,11 @@ def embed_snapshot(
 
     started = time.perf_counter()
     with embedding_progress(show_progress) as on_progress:
-        embeddings, new_count = embed_with_cache(
+        embeddings, new_count = embed_to_file(
             snapshot["title"].tolist(),
             config.embedding_model,
-            settings.embedding_cache_dir,
-            batch_size=settings.embedding_batch_size,
+            settings,
+            settings.store_dir(store_id),
             on_progress=on_progress,
         )
     elapsed_s = time.perf_counter() - started

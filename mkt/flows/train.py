@@ -3,6 +3,7 @@
 import time
 
 import mlflow
+import numpy as np
 from prefect import flow, get_run_logger, task
 
 from mkt.catalog import load_store
@@ -31,10 +32,12 @@ def fit_and_log_classifier(store_id: str) -> dict:
     train = snapshot[is_train]
     paths = dict(zip(snapshot["category_id"], snapshot["category_path"]))
     started = time.perf_counter()
+    # Passing row positions keeps the memory-mapped embeddings on disk, read in batches.
     classifier = KnnClassifier.build(
-        embeddings[is_train],
+        embeddings,
         train["category_id"].tolist(),
         paths,
+        rows=np.flatnonzero(is_train),
         **config.classifier.model_dump(),
     )
     train_s = time.perf_counter() - started
