@@ -8,6 +8,7 @@ batch at a time, so a memory-mapped float16 file never has to fit in memory as f
 import logging
 import math
 import mmap
+import time
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -286,10 +287,24 @@ def build_index(
         sample = np.random.default_rng(seed).choice(
             len(rows), size=plan.training_count, replace=False
         )
+        started = time.perf_counter()
         index.train(read_normalised_rows(embeddings, rows[np.sort(sample)]))
+        logger.info(
+            "Index %s: trained on %d vectors in %.1f s",
+            plan.factory_string,
+            plan.training_count,
+            time.perf_counter() - started,
+        )
 
+    started = time.perf_counter()
     for start in range(0, len(rows), batch_rows):
         index.add(read_normalised_rows(embeddings, rows[start : start + batch_rows]))
+    logger.info(
+        "Index %s: %d vectors added in %.1f s",
+        plan.factory_string,
+        len(rows),
+        time.perf_counter() - started,
+    )
     return index
 
 
