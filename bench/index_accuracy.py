@@ -52,7 +52,7 @@ def describe_index(index: faiss.Index) -> tuple[str, str]:
     if isinstance(index, faiss.IndexFlat):
         return "Flat", "-"
     inverted = faiss.extract_index_ivf(index)
-    codes = "PQ" if isinstance(inverted, faiss.IndexIVFPQ) else "Flat"
+    codes = "PQ" if isinstance(index, faiss.IndexIVFPQ) else "Flat"
     return f"IVF{inverted.nlist},{codes}", str(inverted.nprobe)
 
 
