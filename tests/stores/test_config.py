@@ -179,3 +179,21 @@ def test_config_promotion_defaults():
     assert promotion.min_gain == 0.0
     assert promotion.max_level_drop == 0.02
     assert promotion.min_coverage == 0.0
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fragment"),
+    [
+        ("index", "hnsw", "'auto', 'flat', 'ivf' or 'ivfpq'"),
+        ("memory_budget_gb", 0, "greater than 0"),
+        ("recall_target", 1.5, "less than or equal to 1"),
+    ],
+)
+def test_config_rejects_invalid_index_settings(field, value, fragment):
+    with pytest.raises(ConfigError) as caught:
+        parse_store_config(minimal_config(classifier={field: value}))
+
+    message = str(caught.value)
+    assert f"classifier.{field}" in message
+    assert repr(value) in message
+    assert fragment in message
