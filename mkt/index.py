@@ -96,8 +96,8 @@ def plan_index(
     IVF with product quantization above, and also IVF+PQ when IVF would not fit the
     memory budget. A kind the store is too small to train falls back to a simpler one.
     PQ codes get an OPQ rotation unless `uses_opq` is False: on the Frisco.pl data set
-    it cut the accuracy lost to the codes from 1.8 to 0.5 points, and made the build
-    about 9 times slower.
+    it cut the accuracy lost to the codes from 1.8 to 0.5 points, but the build took
+    about 9 times longer.
     """
     chosen = kind if kind != "auto" else choose_kind_by_size(vector_count)
     plan = IndexPlan(kind="flat", vector_count=vector_count, dimension=dimension)
