@@ -381,6 +381,8 @@ def tune_nprobe(
     )
     query_positions = np.sort(sample)
     queries = read_normalised_rows(embeddings, rows[query_positions])
+    # TODO: exact search reads every row for each query, which takes an hour or more at
+    # tens of millions of rows on 2 cores; search a sample of the rows instead.
     exact = exact_neighbours(embeddings, rows, queries, k + 1)
     true_positions = drop_queries_themselves(exact, query_positions, k)
 
