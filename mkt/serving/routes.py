@@ -200,10 +200,9 @@ def predict_names(
     if not positions:
         return np.zeros((0, loaded.classifier.dimension), dtype=np.float32), predictions
 
-    embeddings = state.encoder.encode(
-        loaded.embedding_model, [names[i] for i in positions]
-    )
-    found = loaded.classifier.predict(embeddings, top_k=top_k)
+    kept_names = [names[i] for i in positions]
+    embeddings = state.encoder.encode(loaded.embedding_model, kept_names)
+    found = loaded.classifier.predict(embeddings, top_k=top_k, titles=kept_names)
     for position, prediction in zip(positions, found):
         predictions[position] = prediction
     return embeddings, predictions
