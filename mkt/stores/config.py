@@ -52,11 +52,49 @@ class ClassifierSettings(StrictModel):
             "exp((similarity - best similarity) / temperature); small values approach 1-NN."
         ),
     )
-    abstain_threshold: float = Field(
+    abstain_threshold: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description=(
+            "Lowest top score to answer with; below it the classifier abstains. "
+            "None sets it from the validation split at the evaluation's precision target."
+        ),
+    )
+    class_prior_exponent: float = Field(
         default=0.0,
         ge=0,
         le=1,
-        description="Lowest top score to answer with; below it the classifier abstains.",
+        description=(
+            "Each neighbour's vote is divided by its category's training names to "
+            "this power; 0 leaves large categories their full weight."
+        ),
+    )
+    lexical_weight: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description=(
+            "Weight of the character n-gram block against the embedding in the "
+            "searched vectors; 0 searches the embedding alone."
+        ),
+    )
+    lexical_dimension: int = Field(
+        default=384, ge=1, le=4096, description="Columns of the lexical block."
+    )
+    tune_on_validation: bool = Field(
+        default=True,
+        description=(
+            "Choose k, temperature, prior exponent and lexical weight on a validation "
+            "split of the training names, overriding the values above, and calibrate "
+            "the scores there."
+        ),
+    )
+    validation_fraction: float = Field(
+        default=0.15,
+        gt=0,
+        lt=1,
+        description="Share of the training names held out for tuning.",
     )
 
 
