@@ -67,6 +67,13 @@ class LexicalBlock:
         """Number of columns of the block."""
         return int(self.pipeline.named_steps["reduction"].components_.shape[0])
 
+    def estimate_bytes(self) -> int:
+        """Estimate the memory of the fitted block: SVD components and vocabularies."""
+        components = self.pipeline.named_steps["reduction"].components_
+        feature_count = components.shape[1]
+        # About 100 bytes per vocabulary entry: the n-gram string, its dict slot and idf.
+        return int(components.nbytes + feature_count * 100)
+
     def transform(self, titles: Sequence[str]) -> np.ndarray:
         """Return the L2-normalised block of each title, one float32 row per title."""
         if len(titles) == 0:

@@ -119,3 +119,12 @@ def test_classifier_with_lexical_block_rejects_missing_titles(
 
     with pytest.raises(ValueError, match="got no titles for 1 rows"):
         classifier.predict(np.ones((1, 8), dtype=np.float32))
+
+
+def test_lexical_block_estimate_counts_components(lexical_block):
+    components = lexical_block.pipeline.named_steps["reduction"].components_
+
+    estimate = lexical_block.estimate_bytes()
+
+    assert estimate > components.nbytes
+    assert estimate < 2 * components.nbytes + 10_000_000

@@ -148,7 +148,7 @@ class RegistryReader:
 
 
 def estimate_classifier_bytes(classifier: KnnClassifier) -> int:
-    """Estimate the memory of a classifier: its FAISS index, vector labels and categories."""
+    """Estimate the memory of a classifier: index, vector labels, categories, lexical block."""
     index = classifier.index
     code_size = getattr(index, "code_size", None)
     if code_size:
@@ -159,7 +159,12 @@ def estimate_classifier_bytes(classifier: KnnClassifier) -> int:
         len(category_id.encode()) + len(path.encode())
         for category_id, path in classifier.categories
     )
-    return int(index_bytes + classifier.vector_labels.nbytes + category_bytes)
+    lexical_bytes = 0
+    if classifier.lexical_block is not None:
+        lexical_bytes = classifier.lexical_block.estimate_bytes()
+    return int(
+        index_bytes + classifier.vector_labels.nbytes + category_bytes + lexical_bytes
+    )
 
 
 def estimate_encoder_bytes(embedding_model: str) -> int:
