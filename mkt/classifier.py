@@ -15,6 +15,7 @@ from mkt.features import LexicalBlock, combine_vectors
 INDEX_FILE = "index.faiss"
 LABELS_FILE = "vector_labels.npy"
 CATEGORIES_FILE = "categories.json"
+PATH_SEPARATOR = " > "
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,11 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Prediction:
-    """The classifier's answer for one name; `category_id` is None when it abstains."""
+    """The classifier's answer for one name; `category_id` is None when it abstains.
+
+    An abstaining prediction's `category_path` names the deepest ancestor of the top
+    category that reached the back-off share, or is None.
+    """
 
     category_id: str | None
     category_path: str | None
@@ -65,6 +70,7 @@ class KnnClassifier:
         lexical_weight: float = 0.0,
         lexical_block: LexicalBlock | None = None,
         calibration: ScoreCalibration | None = None,
+        backoff_share: float | None = None,
     ) -> None:
         if index.ntotal != len(vector_labels):
             raise ValueError(
@@ -80,6 +86,7 @@ class KnnClassifier:
         self.lexical_weight = lexical_weight
         self.lexical_block = lexical_block
         self.calibration = calibration
+        self.backoff_share = backoff_share
         label_counts = np.bincount(self.vector_labels, minlength=len(categories))
         self.vote_scales = np.maximum(label_counts, 1.0) ** -class_prior_exponent
 
@@ -212,11 +219,34 @@ class KnnClassifier:
         ]
 
         best = candidates[0]
-        # TODO: a name under the threshold abstains outright; it never backs off to a
-        # confident ancestor category of the path.
         if best.score < self.abstain_threshold or not math.isfinite(best.score):
-            return Prediction(None, None, best.score, candidates)
+            ancestor_path = self._back_off(votes, total, ranked[0][0])
+            return Prediction(None, ancestor_path, best.score, candidates)
         return Prediction(best.category_id, best.category_path, best.score, candidates)
+
+    def _back_off(
+        self, votes: dict[int, float], total: float, best_label: int
+    ) -> str | None:
+        """Return the deepest ancestor path whose raw vote share reaches the back-off share.
+
+        Only ancestors of the best category count; returns None when none reaches it.
+        """
+        if self.backoff_share is None:
+            return None
+        levels = self.categories[best_label][1].split(PATH_SEPARATOR)
+        label_levels = {
+            label: self.categories[label][1].split(PATH_SEPARATOR) for label in votes
+        }
+        for depth in range(len(levels) - 1, 0, -1):
+            prefix = levels[:depth]
+            share = sum(
+                vote
+                for label, vote in votes.items()
+                if label_levels[label][:depth] == prefix
+            )
+            if share / total >= self.backoff_share:
+                return PATH_SEPARATOR.join(prefix)
+        return None
 
     def save(self, folder: Path) -> None:
         """Write the index, the label of each vector and the settings to a folder."""
@@ -232,6 +262,7 @@ class KnnClassifier:
             "abstain_threshold": self.abstain_threshold,
             "class_prior_exponent": self.class_prior_exponent,
             "lexical_weight": self.lexical_weight,
+            "backoff_share": self.backoff_share,
             "calibration": None
             if self.calibration is None
             else self.calibration.to_dict(),
@@ -255,6 +286,7 @@ class KnnClassifier:
             abstain_threshold=document["abstain_threshold"],
             class_prior_exponent=document.get("class_prior_exponent", 0.0),
             lexical_weight=document.get("lexical_weight", 0.0),
+            backoff_share=document.get("backoff_share"),
             lexical_block=LexicalBlock.load(folder),
             calibration=None
             if calibration is None

@@ -8,7 +8,7 @@ import numpy as np
 from scipy import sparse
 
 from mkt.calibration import ScoreCalibration
-from mkt.classifier import KnnClassifier
+from mkt.classifier import PATH_SEPARATOR, KnnClassifier
 from mkt.evaluation import coverage_at_precision
 from mkt.features import LexicalBlock
 from mkt.stores.config import ClassifierSettings
@@ -20,6 +20,7 @@ NEIGHBOUR_COUNTS = (1, 5, 10, 20, 40)
 VOTE_TEMPERATURES = (0.02, 0.05, 0.1, 0.2)
 CLASS_PRIOR_EXPONENTS = (0.0, 0.5)
 LEXICAL_WEIGHTS = (0.0, 0.3, 0.5)
+BACKOFF_SHARES = (0.8, 0.9, 0.95)
 MIN_VALIDATION_COUNT = 20
 
 
@@ -43,6 +44,7 @@ class TuningResult:
     validation_coverage: float
     calibration: ScoreCalibration
     abstain_threshold: float
+    backoff_share: float | None
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ def score_votes(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return each row's winning label and its vote share, as KnnClassifier votes.
 
-    `labels` holds -1 where FAISS found no neighbour.
+    `labels` contains -1 where FAISS found no neighbour.
     """
     similarities, labels = similarities[:, :k], labels[:, :k]
     weights = np.exp((similarities - similarities[:, :1]) / vote_temperature)
@@ -178,6 +180,7 @@ def tune_vote_settings(
     fitting, validation = names.subset(~is_validation), names.subset(is_validation)
 
     points = []
+    classifiers = {}
     for lexical_weight in LEXICAL_WEIGHTS:
         probe = VoteSettings(1, 1.0, 0.0, lexical_weight)
         classifier = build_classifier(
@@ -186,6 +189,7 @@ def tune_vote_settings(
             probe,
             lexical_dimension=config.lexical_dimension,
         )
+        classifiers[lexical_weight] = classifier
         points += search_grid(
             classifier,
             validation,
@@ -203,9 +207,59 @@ def tune_vote_settings(
     _, threshold = coverage_at_precision(
         is_correct, calibration.apply(shares), precision_target
     )
-    return TuningResult(
-        chosen, len(validation.titles), accuracy, coverage, calibration, threshold
+    probe = classifiers[chosen.lexical_weight]
+    tuned = KnnClassifier(
+        probe.index,
+        probe.vector_labels,
+        probe.categories,
+        **asdict(chosen),
+        abstain_threshold=threshold,
+        lexical_block=probe.lexical_block,
+        calibration=calibration,
     )
+    backoff_share = None
+    if config.back_off_to_ancestor:
+        backoff_share = choose_backoff_share(
+            tuned, validation, category_paths, precision_target=precision_target
+        )
+    return TuningResult(
+        chosen,
+        len(validation.titles),
+        accuracy,
+        coverage,
+        calibration,
+        threshold,
+        backoff_share,
+    )
+
+
+def choose_backoff_share(
+    classifier: KnnClassifier,
+    validation: LabelledNames,
+    category_paths: dict[str, str],
+    *,
+    precision_target: float,
+) -> float | None:
+    """Return the lowest back-off share whose ancestor answers reach the target.
+
+    An ancestor answer is right when it is a prefix of the true path. Returns None when
+    no share reaches the target or no validation name backs off.
+    """
+    true_paths = [category_paths.get(c, c) for c in validation.category_ids]
+    for share in BACKOFF_SHARES:
+        classifier.backoff_share = share
+        predictions = classifier.predict(
+            validation.embeddings, top_k=1, titles=validation.titles
+        )
+        answers = [
+            (p.category_path.split(PATH_SEPARATOR), true.split(PATH_SEPARATOR))
+            for p, true in zip(predictions, true_paths)
+            if p.is_abstained and p.category_path
+        ]
+        is_right = [true[: len(answer)] == answer for answer, true in answers]
+        if is_right and np.mean(is_right) >= precision_target:
+            return share
+    return None
 
 
 def fit_classifier(
@@ -248,6 +302,7 @@ def fit_classifier(
     if tuning is not None:
         classifier.calibration = tuning.calibration
         classifier.abstain_threshold = tuning.abstain_threshold
+        classifier.backoff_share = tuning.backoff_share
     if config.abstain_threshold is not None:
         classifier.abstain_threshold = config.abstain_threshold
     return classifier, tuning

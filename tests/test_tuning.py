@@ -106,6 +106,7 @@ def test_fit_classifier_tunes_and_calibrates_on_validation(sample_names):
     assert classifier.calibration == tuning.calibration
     assert classifier.abstain_threshold == tuning.abstain_threshold
     assert 0.0 < classifier.abstain_threshold <= 1.0
+    assert classifier.backoff_share == tuning.backoff_share
 
 
 @pytest.mark.slow

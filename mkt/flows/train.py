@@ -84,6 +84,7 @@ def chosen_settings(classifier: KnnClassifier) -> dict:
         "chosen_class_prior_exponent": classifier.class_prior_exponent,
         "chosen_lexical_weight": classifier.lexical_weight,
         "chosen_abstain_threshold": classifier.abstain_threshold,
+        "chosen_backoff_share": classifier.backoff_share,
         "is_calibrated": classifier.calibration is not None,
     }
 

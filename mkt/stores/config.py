@@ -90,6 +90,13 @@ class ClassifierSettings(StrictModel):
             "the scores there."
         ),
     )
+    back_off_to_ancestor: bool = Field(
+        default=True,
+        description=(
+            "With tuning, a name under the abstain threshold still names the deepest "
+            "ancestor category whose vote share reaches a share chosen on validation."
+        ),
+    )
     validation_fraction: float = Field(
         default=0.15,
         gt=0,
