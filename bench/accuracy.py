@@ -205,6 +205,8 @@ def score_result(
     category_paths = dict(zip(split.train["category_id"], split.train["category_path"]))
     true_paths = split.test["category_path"].tolist()
     is_unseen = ~split.test["key"].isin(set(split.train["key"])).to_numpy()
+    # TODO: ancestor answers of abstaining names are not scored; every figure here
+    # counts the top leaf category only.
     predicted_ids = result.predicted_ids
     is_correct = predicted_ids == true_ids
     coverage, _ = coverage_at_precision(is_correct, result.scores, PRECISION_TARGET)
