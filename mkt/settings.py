@@ -59,6 +59,11 @@ class Settings(BaseSettings):
         """Folder of the embedding caches, one SQLite file per embedding model."""
         return self.home_dir / "cache" / "embeddings"
 
+    @property
+    def encoder_export_dir(self) -> Path:
+        """Folder of the ONNX exports of embedding models, one folder per encoder."""
+        return self.home_dir / "cache" / "encoders"
+
     def store_dir(self, store_id: str) -> Path:
         """Folder of one store's training snapshot and its embeddings."""
         return self.home_dir / "stores" / store_id

