@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 import tempfile
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -198,6 +199,7 @@ class OnnxEncoder:
         self.input_names = list(metadata["input_names"])
         self.size_bytes = (folder / MODEL_FILE).stat().st_size
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        self._tokenizer_lock = threading.Lock()
         options = onnxruntime.SessionOptions()
         options.graph_optimization_level = (
             onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -218,13 +220,16 @@ class OnnxEncoder:
         return embeddings
 
     def _encode_batch(self, names: list[str]) -> np.ndarray:
-        tokens = self.tokenizer(
-            names,
-            padding=True,
-            truncation=True,
-            max_length=self.max_seq_length,
-            return_tensors="np",
-        )
+        # A fast tokenizer sets its padding and truncation on each call, and two threads
+        # doing so at once fail with "Already borrowed"; the server encodes from threads.
+        with self._tokenizer_lock:
+            tokens = self.tokenizer(
+                names,
+                padding=True,
+                truncation=True,
+                max_length=self.max_seq_length,
+                return_tensors="np",
+            )
         feeds = {name: tokens[name].astype(np.int64) for name in self.input_names}
         (vectors,) = self.session.run(None, feeds)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -232,4 +237,5 @@ class OnnxEncoder:
 
     def count_over_length(self, names: Sequence[str]) -> int:
         """Return how many names are cut at `max_seq_length` tokens when encoded."""
-        return count_over_length(self.tokenizer, names, self.max_seq_length)
+        with self._tokenizer_lock:
+            return count_over_length(self.tokenizer, names, self.max_seq_length)

@@ -1,6 +1,7 @@
 """The PyTorch backend: a sentence-transformers model as it ships."""
 
 import logging
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -69,18 +70,23 @@ class SentenceTransformerEncoder:
         self.max_seq_length = self.model.max_seq_length
         tensors = [*self.model.parameters(), *self.model.buffers()]
         self.size_bytes = sum(t.numel() * t.element_size() for t in tensors)
+        self._lock = threading.Lock()
 
     def encode(self, names: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
         """Return one L2-normalised float32 row per name."""
-        embeddings = self.model.encode(
-            list(names),
-            batch_size=batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        # The model's fast tokenizer fails with "Already borrowed" when two threads
+        # call it at once, and the server encodes from threads.
+        with self._lock:
+            embeddings = self.model.encode(
+                list(names),
+                batch_size=batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
         return np.asarray(embeddings, dtype=np.float32).reshape(len(names), -1)
 
     def count_over_length(self, names: Sequence[str]) -> int:
         """Return how many names are cut at `max_seq_length` tokens when encoded."""
-        return count_over_length(self.model.tokenizer, names, self.max_seq_length)
+        with self._lock:
+            return count_over_length(self.model.tokenizer, names, self.max_seq_length)
