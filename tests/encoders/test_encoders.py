@@ -62,12 +62,12 @@ def test_load_encoder_rejects_empty_model_name():
         load_encoder("onnx:")
 
 
-def test_torch_encoder_counts_names_over_max_length(encoder):
+def test_torch_encoder_counts_names_over_max_length(torch_encoder):
     long_name = " ".join(["stainless steel kitchen knife"] * 80)
 
-    over_length_count = encoder.count_over_length(
+    over_length_count = torch_encoder.count_over_length(
         ["bosch dishwasher", long_name, "apple iphone 8 64gb", long_name]
     )
 
-    assert encoder.max_seq_length == 256
+    assert torch_encoder.max_seq_length == 256
     assert over_length_count == 2

