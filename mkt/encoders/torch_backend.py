@@ -51,10 +51,17 @@ def load_sentence_transformer(name: str, device: str | None = None):
 
 
 def count_over_length(tokenizer, names: Sequence[str], max_seq_length: int) -> int:
-    """Return how many names have more than `max_seq_length` tokens, special ones included."""
+    """Return how many names have more than `max_seq_length` tokens, special ones included.
+
+    Only names with more UTF-8 bytes than the limit are tokenized. WordPiece,
+    SentencePiece and byte-level BPE tokens each cover at least one byte, apart from the
+    special tokens and SentencePiece's word-start marker, so shorter names fit.
+    """
+    byte_limit = max_seq_length - tokenizer.num_special_tokens_to_add() - 1
+    names = [name for name in names if len(name.encode("utf-8")) > byte_limit]
     over_length_count = 0
     for start in range(0, len(names), 4096):
-        chunk = list(names[start : start + 4096])
+        chunk = names[start : start + 4096]
         token_ids = tokenizer(chunk, add_special_tokens=True)["input_ids"]
         over_length_count += sum(len(ids) > max_seq_length for ids in token_ids)
     return over_length_count
