@@ -7,7 +7,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mkt.errors import ConfigError
-from mkt.stores.connectors import CONNECTOR_OPTIONS
+from mkt.stores.connectors import connector_classes, connector_options_model
 from mkt.stores.schedule import CredentialRef, DeploymentSettings
 
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -32,9 +32,9 @@ class ConnectorConfig(StrictModel):
     @model_validator(mode="after")
     def check_options(self) -> "ConnectorConfig":
         """Validate the options with the connector's own model."""
-        options_model = CONNECTOR_OPTIONS.get(self.kind)
+        options_model = connector_options_model(self.kind)
         if options_model is None:
-            known = ", ".join(sorted(CONNECTOR_OPTIONS))
+            known = ", ".join(sorted(connector_classes()))
             raise ValueError(f"unknown connector kind {self.kind!r} (known: {known})")
         self.options = options_model.model_validate(self.options).model_dump()
         return self
@@ -149,6 +149,21 @@ class MonitoringSettings(StrictModel):
     )
 
 
+class CrawlSettings(StrictModel):
+    """How long one crawl runs and when a fully crawled category is crawled again."""
+
+    window_h: float = Field(
+        default=6.0,
+        gt=0,
+        description="Hours a crawl runs before it checkpoints and completes.",
+    )
+    revisit_after_h: float = Field(
+        default=24.0,
+        gt=0,
+        description="Hours after a category's last full pass before it is due again.",
+    )
+
+
 class StoreConfig(StrictModel):
     """One store: where its data comes from and how its classifier is built."""
 
@@ -170,6 +185,7 @@ class StoreConfig(StrictModel):
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     promotion: PromotionSettings = Field(default_factory=PromotionSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    crawl: CrawlSettings = Field(default_factory=CrawlSettings)
 
     @model_validator(mode="before")
     @classmethod
