@@ -6,11 +6,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, delete, func, update
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from mkt.database import (
     Category,
     CategoryChange,
+    CrawlCursor,
     Product,
     QuarantinedRow,
     Store,
@@ -346,68 +347,81 @@ def write_product_batch(
     """Insert new products, update changed ones and mark the rest as seen, in one transaction."""
     if not products:
         return
-    now = utc_now()
     with open_session(engine) as session:
-        existing = {
-            row.external_id: row
-            for row in session.exec(
-                select(Product).where(
-                    Product.store_id == store_id,
-                    col(Product.external_id).in_([p.external_id for p in products]),
-                )
-            )
-        }
-        touched_categories: set[str] = set()
-        unchanged_ids: list[str] = []
-        for product in products:
-            row = existing.get(product.external_id)
-            if row is None:
-                session.add(
-                    Product(
-                        store_id=store_id,
-                        external_id=product.external_id,
-                        title=product.title,
-                        category_external_id=product.category_id,
-                        first_seen_at=now,
-                        last_seen_at=now,
-                    )
-                )
-                result.inserted += 1
-                touched_categories.add(product.category_id)
-            elif (
-                row.title != product.title
-                or row.category_external_id != product.category_id
-            ):
-                touched_categories.update(
-                    {row.category_external_id, product.category_id}
-                )
-                row.title, row.category_external_id = product.title, product.category_id
-                row.last_seen_at = now
-                session.add(row)
-                result.updated += 1
-            else:
-                unchanged_ids.append(product.external_id)
-        result.unchanged += len(unchanged_ids)
-
-        if unchanged_ids:
-            session.exec(
-                update(Product)
-                .where(
-                    Product.store_id == store_id,
-                    col(Product.external_id).in_(unchanged_ids),
-                )
-                .values(last_seen_at=now)
-            )
-        if touched_categories:
-            session.exec(
-                update(Category)
-                .where(
-                    Category.store_id == store_id,
-                    col(Category.external_id).in_(sorted(touched_categories)),
-                )
-                .values(products_updated_at=now)
-            )
+        stage_product_batch(session, store_id, products, result)
         session.commit()
+
+
+def stage_product_batch(
+    session: Session,
+    store_id: str,
+    products: list[ProductRecord],
+    result: IngestResult,
+) -> None:
+    """Add the inserts and updates of a batch to a session; the caller commits them.
+
+    The crawl commits a page's products and its cursor together this way.
+    """
+    if not products:
+        return
+    now = utc_now()
+    existing = {
+        row.external_id: row
+        for row in session.exec(
+            select(Product).where(
+                Product.store_id == store_id,
+                col(Product.external_id).in_([p.external_id for p in products]),
+            )
+        )
+    }
+    touched_categories: set[str] = set()
+    unchanged_ids: list[str] = []
+    for product in products:
+        row = existing.get(product.external_id)
+        if row is None:
+            session.add(
+                Product(
+                    store_id=store_id,
+                    external_id=product.external_id,
+                    title=product.title,
+                    category_external_id=product.category_id,
+                    first_seen_at=now,
+                    last_seen_at=now,
+                )
+            )
+            result.inserted += 1
+            touched_categories.add(product.category_id)
+        elif (
+            row.title != product.title
+            or row.category_external_id != product.category_id
+        ):
+            touched_categories.update({row.category_external_id, product.category_id})
+            row.title, row.category_external_id = product.title, product.category_id
+            row.last_seen_at = now
+            session.add(row)
+            result.updated += 1
+        else:
+            unchanged_ids.append(product.external_id)
+    result.unchanged += len(unchanged_ids)
+
+    if unchanged_ids:
+        session.exec(
+            update(Product)
+            .where(
+                Product.store_id == store_id,
+                col(Product.external_id).in_(unchanged_ids),
+            )
+            .values(last_seen_at=now)
+        )
+    if touched_categories:
+        session.exec(
+            update(Category)
+            .where(
+                Category.store_id == store_id,
+                col(Category.external_id).in_(sorted(touched_categories)),
+            )
+            .values(products_updated_at=now)
+        )
 
 
 def replace_quarantine(
@@ -416,17 +430,19 @@ def replace_quarantine(
     """Replace a store's quarantined rows with those of the latest ingest."""
     with open_session(engine) as session:
         session.exec(delete(QuarantinedRow).where(QuarantinedRow.store_id == store_id))
-        session.add_all(
-            QuarantinedRow(
-                store_id=store_id,
-                source=row.source,
-                position=row.position,
-                reason=row.reason,
-                raw=row.raw,
-            )
-            for row in rejected
-        )
+        session.add_all(quarantined_row(store_id, row) for row in rejected)
         session.commit()
+
+
+def quarantined_row(store_id: str, row: RejectedRow) -> QuarantinedRow:
+    """Build the quarantine table row of a rejected source row."""
+    return QuarantinedRow(
+        store_id=store_id,
+        source=row.source,
+        position=row.position,
+        reason=row.reason,
+        raw=row.raw,
+    )
 
 
 def refresh_category_counts(engine: Engine, store_id: str) -> None:
@@ -486,6 +502,12 @@ def remove_store(engine: Engine, store_id: str, *, is_purge: bool = False) -> No
         if store is not None:
             session.delete(store)
         if is_purge:
-            for table in (Product, Category, CategoryChange, QuarantinedRow):
+            for table in (
+                Product,
+                Category,
+                CategoryChange,
+                QuarantinedRow,
+                CrawlCursor,
+            ):
                 session.exec(delete(table).where(table.store_id == store_id))
         session.commit()
