@@ -2,7 +2,7 @@
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, delete, func, update
@@ -83,6 +83,7 @@ class TreeSyncResult:
     removed: int = 0
     renamed: int = 0
     moved: int = 0
+    redirected: int = 0
 
 
 @dataclass(frozen=True)
@@ -169,14 +170,21 @@ def category_path_names(
 
 
 def sync_category_tree(
-    engine: Engine, store_id: str, records: Iterable[CategoryRecord]
+    engine: Engine,
+    store_id: str,
+    records: Iterable[CategoryRecord],
+    redirects: Mapping[str, str] | None = None,
 ) -> TreeSyncResult:
     """Make the stored tree match the source's, logging added, removed, renamed and moved ones.
+
+    A removed category that `redirects` maps to a category of the new tree has its
+    products moved there and a `redirected` change logged; one without is retired.
 
     Raises:
         CategoryTreeError: if the source tree is inconsistent; nothing is written then.
     """
     resolved = resolve_category_tree(records)
+    active_ids = {item.record.external_id for item in resolved}
     result = TreeSyncResult(category_count=len(resolved))
     now = utc_now()
     with open_session(engine) as session:
@@ -197,13 +205,36 @@ def sync_category_tree(
                 changes.append(
                     change_of(store_id, row.external_id, "removed", row.path, None, now)
                 )
+                target = (redirects or {}).get(row.external_id)
+                if target in active_ids:
+                    changes.append(
+                        redirect_products(session, store_id, row, target, now)
+                    )
         session.add_all(changes)
         session.commit()
 
     counts = Counter(change.change for change in changes)
     result.added, result.removed = counts["added"], counts["removed"]
     result.renamed, result.moved = counts["renamed"], counts["moved"]
+    result.redirected = counts["redirected"]
     return result
+
+
+def redirect_products(
+    session: Session, store_id: str, row: Category, target_id: str, now
+) -> CategoryChange:
+    """Move the products of a removed category to its redirect target; return the change."""
+    session.exec(
+        update(Product)
+        .where(
+            Product.store_id == store_id,
+            Product.category_external_id == row.external_id,
+        )
+        .values(category_external_id=target_id)
+    )
+    return change_of(
+        store_id, row.external_id, "redirected", row.external_id, target_id, now
+    )
 
 
 def apply_category(

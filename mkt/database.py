@@ -54,7 +54,7 @@ class CategoryChange(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     store_id: str = Field(index=True, max_length=63)
     external_id: str
-    change: str = Field(description="added, removed, renamed or moved")
+    change: str = Field(description="added, removed, renamed, moved or redirected")
     old_value: str | None = Field(default=None, sa_column=Column(Text))
     new_value: str | None = Field(default=None, sa_column=Column(Text))
     changed_at: datetime = Field(default_factory=utc_now)

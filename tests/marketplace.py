@@ -59,6 +59,8 @@ class MarketplaceServer:
     catalogue: dict[str, list[dict]]
     faults: Faults = field(default_factory=Faults)
     token: str | None = None
+    tree: list[dict] = field(default_factory=lambda: list(TREE))
+    redirects: dict[str, str] = field(default_factory=dict)
     responses: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -166,7 +168,14 @@ class MarketplaceServer:
             def _route(self, path: str, query: dict[str, str]) -> dict | None:
                 segments = path.strip("/").split("/")
                 if segments == ["categories"]:
-                    return {"categories": TREE}
+                    return {"categories": server.tree}
+                if segments == ["redirects"]:
+                    return {
+                        "redirects": [
+                            {"id": source, "redirect_to": target}
+                            for source, target in server.redirects.items()
+                        ]
+                    }
                 if segments == ["tree"]:
                     return {"root": nested_tree()}
                 if (

@@ -41,15 +41,20 @@ def sync_tree(store_id: str) -> dict:
     config = load_store(engine, store_id)
 
     connector = open_connector(store_id, config)
-    result = sync_category_tree(engine, store_id, connector.read_category_tree())
+    read_redirects = getattr(connector, "read_category_redirects", dict)
+    result = sync_category_tree(
+        engine, store_id, connector.read_category_tree(), read_redirects()
+    )
     logger.info(
-        "Store %r: %d categories (%d added, %d removed, %d renamed, %d moved)",
+        "Store %r: %d categories (%d added, %d removed, %d renamed, %d moved, "
+        "%d redirected)",
         store_id,
         result.category_count,
         result.added,
         result.removed,
         result.renamed,
         result.moved,
+        result.redirected,
     )
     return asdict(result)
 

@@ -51,6 +51,13 @@ class HttpConnectorOptions(BaseModel):
     category_parent_field: str = "parent_id"
     children_field: str = Field(default="children", description="Child list (nested).")
     parent_param: str = Field(default="parent_id", description="Query (by_parent).")
+    redirects_path: str | None = Field(
+        default=None,
+        description="Endpoint listing removed categories and their successors, if any.",
+    )
+    redirects_key: str = Field(default="redirects", description="Path to the list.")
+    redirect_from_field: str = "id"
+    redirect_to_field: str = "redirect_to"
     products_path: str = Field(
         default="/categories/{category_id}/products",
         description="Product listing endpoint of one category.",
@@ -227,6 +234,26 @@ class HttpConnector:
                 records.append(record)
                 pending.append(record.external_id)
         return records
+
+    def read_category_redirects(self) -> dict[str, str]:
+        """Return the successor of each removed category; empty without `redirects_path`.
+
+        Raises:
+            ConnectorError: if the endpoint keeps failing or returns no list.
+        """
+        options = self.options
+        if options.redirects_path is None:
+            return {}
+        document = self.get_json(
+            options.redirects_path, {}, "redirects", options.redirects_key
+        )
+        redirects = {}
+        for item in field_at(document, options.redirects_key):
+            source = text_or_empty(field_at(item, options.redirect_from_field))
+            target = text_or_empty(field_at(item, options.redirect_to_field))
+            if source and target:
+                redirects[source] = target
+        return redirects
 
     def read_product_page(self, category_id: str, cursor: str | None) -> ProductPage:
         """Return one page of a category's listing and the cursor of the next page.

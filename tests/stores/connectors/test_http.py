@@ -240,3 +240,19 @@ def test_plugin_connector_loads_from_entry_point(tmp_path, monkeypatch):
 
     assert type(connector).__name__ == "EchoConnector"
     assert connector.options.greeting == "hi"
+
+
+def test_redirects_endpoint_is_read():
+    with MarketplaceServer(build_catalogue(1), redirects={"14": "11"}) as server:
+        options = http_options(server, redirects_path="/redirects")
+        connector = create_connector("http", options)
+
+        redirects = connector.read_category_redirects()
+
+    assert redirects == {"14": "11"}
+
+
+def test_redirects_without_endpoint_are_empty():
+    options = {"base_url": "http://127.0.0.1:9"}
+
+    assert create_connector("http", options).read_category_redirects() == {}
