@@ -203,6 +203,8 @@ def predict_names(
     embeddings = state.encoder.encode(
         loaded.embedding_model, [names[i] for i in positions]
     )
+    # TODO: the server does not apply the store's label map (mkt.label_map) yet, so it
+    # can answer a category removed from the tree since training; mkt classify does.
     found = loaded.classifier.predict(embeddings, top_k=top_k)
     for position, prediction in zip(positions, found):
         predictions[position] = prediction
