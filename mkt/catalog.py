@@ -4,6 +4,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy import Engine, delete, func, update
 from sqlmodel import Session, col, select
@@ -502,6 +503,7 @@ class CategoryProgress:
     path: str
     product_count: int
     target: int
+    products_updated_at: datetime | None = None
 
     @property
     def is_complete(self) -> bool:
@@ -520,7 +522,13 @@ def load_category_progress(
             )
         ).all()
     return [
-        CategoryProgress(row.external_id, row.path, row.product_count, target)
+        CategoryProgress(
+            row.external_id,
+            row.path,
+            row.product_count,
+            target,
+            row.products_updated_at,
+        )
         for row in rows
         if row.is_leaf or row.product_count > 0
     ]
