@@ -22,6 +22,7 @@ from mkt.database import (
 from mkt.errors import CategoryTreeError, StoreNotFound
 from mkt.stores.config import StoreConfig
 from mkt.stores.connectors import CategoryRecord, ProductRecord, RejectedRow
+from mkt.tiers import tiered_products
 
 logger = logging.getLogger(__name__)
 
@@ -478,13 +479,14 @@ def quarantined_row(store_id: str, row: RejectedRow) -> QuarantinedRow:
 
 
 def refresh_category_counts(engine: Engine, store_id: str) -> None:
-    """Store each category's current product count."""
+    """Store each category's product count over the hot and cold tiers."""
+    products = tiered_products(engine)
     with open_session(engine) as session:
         counts = dict(
             session.exec(
-                select(Product.category_external_id, func.count())
-                .where(Product.store_id == store_id)
-                .group_by(Product.category_external_id)
+                select(products.c.category_external_id, func.count())
+                .where(products.c.store_id == store_id)
+                .group_by(products.c.category_external_id)
             ).all()
         )
         for row in session.exec(select(Category).where(Category.store_id == store_id)):
