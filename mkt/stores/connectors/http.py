@@ -3,6 +3,7 @@
 import logging
 import time
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -10,7 +11,11 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from mkt.errors import ConfigError, ConnectorError
-from mkt.stores.connectors.file import product_from_row, text_or_empty
+from mkt.stores.connectors.file import (
+    product_from_row,
+    read_category_csv,
+    text_or_empty,
+)
 from mkt.stores.connectors.records import (
     CategoryRecord,
     ProductPage,
@@ -35,6 +40,11 @@ class HttpConnectorOptions(BaseModel):
 
     base_url: str = Field(pattern=r"^https?://", description="API root URL.")
     categories_path: str = Field(default="/categories", description="Tree endpoint.")
+    categories_file: str | None = Field(
+        default=None,
+        description="Category tree CSV (id, parent_id, name) read instead of the tree "
+        "endpoint, for APIs that publish their tree only as a report.",
+    )
     tree_shape: Literal["flat", "nested", "by_parent"] = Field(
         default="flat",
         description=(
@@ -177,6 +187,8 @@ class HttpConnector:
         Raises:
             ConnectorError: if the endpoint keeps failing or returns no category list.
         """
+        if self.options.categories_file is not None:
+            return read_category_csv(Path(self.options.categories_file))
         shape = self.options.tree_shape
         if shape == "nested":
             root = self.get_json(self.options.categories_path, {}, "categories")

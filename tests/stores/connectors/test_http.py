@@ -256,3 +256,16 @@ def test_redirects_without_endpoint_are_empty():
     options = {"base_url": "http://127.0.0.1:9"}
 
     assert create_connector("http", options).read_category_redirects() == {}
+
+
+def test_categories_file_replaces_tree_endpoint(tmp_path):
+    tree_file = tmp_path / "tree.csv"
+    tree_file.write_text("id,parent_id,name\n1,,Root\n11,1,Phones\n")
+    options = {"base_url": "http://127.0.0.1:9", "categories_file": str(tree_file)}
+
+    tree = create_connector("http", options).read_category_tree()
+
+    assert [(record.external_id, record.parent_id) for record in tree] == [
+        ("1", None),
+        ("11", "1"),
+    ]
