@@ -11,7 +11,7 @@ one transaction (`mkt.crawl_cursors.save_page`). Three passes are timed:
 
 Then the older half of the products is archived to the cold tier and the archive
 throughput is timed. PostgreSQL runs in a database of its own, created and dropped by
-the script; without superuser rights both tiers use the `pg_default` tablespace, so
+the script. Without superuser rights both tiers use the `pg_default` tablespace, so
 the archive figure measures the move, not a second disk. The report goes to stdout as
 markdown, logs to stderr. From the repository root:
 
@@ -232,10 +232,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     args = parse_arguments(argv)
     measurers = {"SQLite": measure_sqlite, "PostgreSQL 15": measure_postgres}
-    wanted = {"sqlite": "SQLite", "postgres": "PostgreSQL 15"}
+    database_names = {"sqlite": "SQLite", "postgres": "PostgreSQL 15"}
     results = {}
     for key in args.databases.split(","):
-        database = wanted[key.strip()]
+        database = database_names[key.strip()]
         logger.info("Measuring %s", database)
         results[database] = measurers[database](args)
     report = render_report(args, results)

@@ -175,7 +175,8 @@ def build_preset_config(store_id: str, home: Path) -> dict[str, Any]:
         )
     inbox = home / "inbox" / store_id
     # NOTE: the API shapes come from the marketplaces' public docs and were not tried
-    # against the live APIs; a store without a region gets the first one listed.
+    # against the live APIs.
+    # A store id without a region gets the marketplace's first listed region.
     region = store_id.partition("-")[2] or MARKETPLACES[marketplace]["regions"][0]
     return {
         "store_id": store_id,

@@ -9,7 +9,7 @@ from mkt.settings import Settings
 from tests.test_tiers import STORE_ID, fill_store, snapshot_of
 
 
-def test_archive_flow_moves_old_products_cold(
+def test_archive_flow_moves_old_products(
     mkt_home, tmp_path, monkeypatch, prefect_harness
 ):
     from mkt.flows.archive import archive_store
@@ -31,7 +31,7 @@ def test_archive_flow_moves_old_products_cold(
     assert snapshot_of(engine).equals(before)
 
 
-def test_archive_flow_without_cold_tier_says_how_to_set_one(mkt_home, prefect_harness):
+def test_archive_flow_without_cold_tier(mkt_home, prefect_harness):
     from mkt.flows.archive import archive_store
 
     fill_store(open_database(Settings()))
