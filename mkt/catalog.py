@@ -226,6 +226,8 @@ def redirect_products(
     session: Session, store_id: str, row: Category, target_id: str, now
 ) -> CategoryChange:
     """Move the products of a removed category to its redirect target; return the change."""
+    # NOTE: archived products in the cold tier keep the removed category's id, so
+    # training snapshots, which read only active categories, leave them out.
     session.exec(
         update(Product)
         .where(
