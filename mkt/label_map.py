@@ -6,6 +6,9 @@ retired one (removed without a redirect) are dropped, so no caller sees a retire
 """
 
 import json
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
 import pandas as pd
@@ -129,3 +132,31 @@ def remap_predictions_frame(frame: pd.DataFrame, label_map: LabelMap) -> pd.Data
             }
         )
     return pd.DataFrame(rows, columns=frame.columns)
+
+
+class LabelMapCache:
+    """Hold each store's label map for `max_age_s`, so serving reads the tree rarely."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        max_age_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.max_age_s = max_age_s
+        self.clock = clock
+        self._entries: dict[str, tuple[float, LabelMap]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, store_id: str) -> LabelMap:
+        """Return the store's label map, read again once the held one is too old."""
+        now = self.clock()
+        with self._lock:
+            entry = self._entries.get(store_id)
+        if entry is not None and now - entry[0] < self.max_age_s:
+            return entry[1]
+        label_map = load_label_map(self.engine, store_id)
+        with self._lock:
+            self._entries[store_id] = (now, label_map)
+        return label_map

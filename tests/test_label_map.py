@@ -201,3 +201,21 @@ def test_classifier_trained_before_changes_returns_no_retired_category(engine):
     assert "3" not in candidate_ids
     assert "6" not in candidate_ids
     assert "6" not in answered
+
+
+def test_label_map_cache_rereads_after_max_age(engine):
+    from mkt.label_map import LabelMapCache
+
+    now = [0.0]
+    cache = LabelMapCache(engine, max_age_s=30.0, clock=lambda: now[0])
+    sync_category_tree(engine, STORE_ID, TREE)
+    first = cache.get(STORE_ID)
+    sync_category_tree(engine, STORE_ID, without("6"))
+
+    held = cache.get(STORE_ID)
+    now[0] = 31.0
+    fresh = cache.get(STORE_ID)
+
+    assert held is first
+    assert fresh.retired == frozenset({"6"})
+    assert fresh.version > first.version
