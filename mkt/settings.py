@@ -33,6 +33,16 @@ class Settings(BaseSettings):
         gt=0,
         description="Names encoded per batch by the embedding model.",
     )
+    sync_concurrency: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "Deployment writes `mkt sync` sends to Prefect at once. Keep 1 for a Prefect "
+            "server on SQLite, where concurrent writes wait on the database lock and the "
+            "client's retries; raise it for a server on PostgreSQL."
+        ),
+    )
 
     cold_dir: Path | None = Field(
         default=None,
