@@ -30,8 +30,10 @@ def archive(
         MKT_COLD_DIR=/mnt/cheap/mkt mkt archive allegro-pl
         mkt archive allegro-pl --older-than-days 30
     """
+    from mkt.cli.run import quiet_prefect_console
     from mkt.flows.archive import archive_store
 
+    quiet_prefect_console()
     summary = archive_store(store_id, older_than_days)
     typer.echo(json.dumps(summary))
     err.print(
