@@ -50,6 +50,8 @@ class StoreClassifierModel(mlflow.pyfunc.PythonModel):
         predictions = [Prediction(None, None, 0.0)] * len(titles)
         if positions:
             embeddings = encode_titles(self._encoder, [cleaned[i] for i in positions])
+            # NOTE: without the product database this model cannot apply the store's
+            # label map, so it may answer a category removed since training.
             found = self.classifier.predict(embeddings, top_k=top_k)
             for position, prediction in zip(positions, found):
                 predictions[position] = prediction

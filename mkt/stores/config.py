@@ -15,7 +15,7 @@ from pydantic import (
 
 from mkt.encoders import parse_encoder_spec
 from mkt.errors import ConfigError
-from mkt.stores.connectors import CONNECTOR_OPTIONS
+from mkt.stores.connectors import connector_classes, connector_options_model
 from mkt.stores.schedule import CredentialRef, DeploymentSettings
 
 # int8 ONNX encodes names about 4 times as fast as PyTorch on CPUs at the same kNN
@@ -42,9 +42,9 @@ class ConnectorConfig(StrictModel):
     @model_validator(mode="after")
     def check_options(self) -> "ConnectorConfig":
         """Validate the options with the connector's own model."""
-        options_model = CONNECTOR_OPTIONS.get(self.kind)
+        options_model = connector_options_model(self.kind)
         if options_model is None:
-            known = ", ".join(sorted(CONNECTOR_OPTIONS))
+            known = ", ".join(sorted(connector_classes()))
             raise ValueError(f"unknown connector kind {self.kind!r} (known: {known})")
         self.options = options_model.model_validate(self.options).model_dump()
         return self
@@ -159,6 +159,21 @@ class MonitoringSettings(StrictModel):
     )
 
 
+class CrawlSettings(StrictModel):
+    """How long one crawl runs and when a fully crawled category is crawled again."""
+
+    window_h: float = Field(
+        default=6.0,
+        gt=0,
+        description="Hours a crawl runs before it checkpoints and completes.",
+    )
+    revisit_after_h: float = Field(
+        default=24.0,
+        gt=0,
+        description="Hours after a category's last full pass before it is due again.",
+    )
+
+
 class StoreConfig(StrictModel):
     """One store: where its data comes from and how its classifier is built."""
 
@@ -183,6 +198,7 @@ class StoreConfig(StrictModel):
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     promotion: PromotionSettings = Field(default_factory=PromotionSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    crawl: CrawlSettings = Field(default_factory=CrawlSettings)
 
     @field_validator("embedding_model")
     @classmethod
