@@ -24,6 +24,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import ConcurrencyLimitStrategy, ConcurrencyOptions
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
+from prefect.exceptions import ObjectAlreadyExists
 
 from mkt.stores.config import StoreConfig
 from mkt.stores.schedule import STAGES, StageDeployment
@@ -54,6 +55,7 @@ COLLISION_STRATEGIES = {
 # as None), so `mkt up` also caps runs server-wide with the scheduler settings.
 MAX_SCHEDULED_RUNS = 2
 SYNC_INTERVAL_H = 0.25
+CONFLICT_ATTEMPTS = 4
 
 
 @dataclass(frozen=True)
@@ -281,7 +283,9 @@ def deployment_fields(spec: DeploymentSpec) -> dict[str, Any]:
     }
 
 
-async def apply_plan(client: PrefectClient, plan: SyncPlan, concurrency: int = 1) -> None:
+async def apply_plan(
+    client: PrefectClient, plan: SyncPlan, concurrency: int = 1
+) -> None:
     """Create, update and delete deployments, `concurrency` requests at a time."""
     limit = asyncio.Semaphore(concurrency)
     flow_ids = {}
@@ -334,11 +338,22 @@ async def sync_deployments(
     desired = [spec for config in configs for spec in store_specs(config)]
     if store_ids is None:
         desired.append(sync_spec())
-    existing = await read_managed_deployments(client)
-    plan = plan_sync(desired, existing, store_ids)
-    if not is_dry_run and not plan.is_empty:
-        await ensure_work_pools(client)
-        await apply_plan(client, plan, concurrency)
+    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+        existing = await read_managed_deployments(client)
+        plan = plan_sync(desired, existing, store_ids)
+        if is_dry_run or plan.is_empty:
+            break
+        try:
+            await ensure_work_pools(client)
+            await apply_plan(client, plan, concurrency)
+            break
+        except ObjectAlreadyExists:
+            # The server answers 409 when a concurrent writer (another `mkt add-store`)
+            # wins a race on a row both need; reading again and replanning resolves it.
+            if attempt == CONFLICT_ATTEMPTS:
+                raise
+            logger.info("Conflict with a concurrent sync; planning again (%d)", attempt)
+            await asyncio.sleep(0.5 * attempt)
     logger.info(
         "Deployments: %d created, %d updated, %d deleted, %d unchanged",
         len(plan.to_create),
