@@ -10,6 +10,8 @@ from sklearn.svm import LinearSVC
 
 from bench.splits import SEED, Split
 from mkt.classifier import KnnClassifier
+from mkt.stores.config import ClassifierSettings
+from mkt.tuning import LabelledNames, TuningResult, fit_classifier
 
 VOTE_TEMPERATURE = 0.05
 
@@ -57,6 +59,49 @@ def run_knn(
     return MethodResult(
         f"mkt kNN (k={k})", predicted_ids, scores, train_s, predict_s, True
     )
+
+
+def run_tuned_knn(
+    train_embeddings: np.ndarray,
+    split: Split,
+    test_embeddings: np.ndarray,
+    *,
+    precision_target: float,
+) -> tuple[MethodResult, TuningResult | None]:
+    """Train mkt's classifier as the train stage does, with its default settings.
+
+    The vote settings, lexical block and calibration are chosen on a validation split
+    of the training names only; the test names are classified once, at the end.
+    """
+    paths = dict(zip(split.train["category_id"], split.train["category_path"]))
+    names = LabelledNames(
+        train_embeddings,
+        split.train["title"].tolist(),
+        split.train["category_id"].tolist(),
+    )
+    started = time.perf_counter()
+    classifier, tuning = fit_classifier(
+        names,
+        paths,
+        ClassifierSettings(),
+        precision_target=precision_target,
+        seed=SEED,
+    )
+    train_s = time.perf_counter() - started
+
+    started = time.perf_counter()
+    predictions = classifier.predict(
+        test_embeddings, top_k=1, titles=split.test["title"].tolist()
+    )
+    predict_s = time.perf_counter() - started
+
+    top = [prediction.candidates[0] for prediction in predictions]
+    predicted_ids = np.array([candidate.category_id for candidate in top])
+    scores = np.array([candidate.score for candidate in top])
+    result = MethodResult(
+        "mkt kNN (tuned)", predicted_ids, scores, train_s, predict_s, True
+    )
+    return result, tuning
 
 
 def run_nearest_centroid(

@@ -2,15 +2,17 @@
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy import Engine, delete, func, update
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from mkt.database import (
     Category,
     CategoryChange,
+    CrawlCursor,
     Product,
     QuarantinedRow,
     Store,
@@ -20,6 +22,7 @@ from mkt.database import (
 from mkt.errors import CategoryTreeError, StoreNotFound
 from mkt.stores.config import StoreConfig
 from mkt.stores.connectors import CategoryRecord, ProductRecord, RejectedRow
+from mkt.tiers import tiered_products
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +85,7 @@ class TreeSyncResult:
     removed: int = 0
     renamed: int = 0
     moved: int = 0
+    redirected: int = 0
 
 
 @dataclass(frozen=True)
@@ -168,14 +172,21 @@ def category_path_names(
 
 
 def sync_category_tree(
-    engine: Engine, store_id: str, records: Iterable[CategoryRecord]
+    engine: Engine,
+    store_id: str,
+    records: Iterable[CategoryRecord],
+    redirects: Mapping[str, str] | None = None,
 ) -> TreeSyncResult:
     """Make the stored tree match the source's, logging added, removed, renamed and moved ones.
+
+    A removed category that `redirects` maps to a category of the new tree has its
+    products moved there and a `redirected` change logged; one without is retired.
 
     Raises:
         CategoryTreeError: if the source tree is inconsistent; nothing is written then.
     """
     resolved = resolve_category_tree(records)
+    active_ids = {item.record.external_id for item in resolved}
     result = TreeSyncResult(category_count=len(resolved))
     now = utc_now()
     with open_session(engine) as session:
@@ -196,13 +207,38 @@ def sync_category_tree(
                 changes.append(
                     change_of(store_id, row.external_id, "removed", row.path, None, now)
                 )
+                target = (redirects or {}).get(row.external_id)
+                if target in active_ids:
+                    changes.append(
+                        redirect_products(session, store_id, row, target, now)
+                    )
         session.add_all(changes)
         session.commit()
 
     counts = Counter(change.change for change in changes)
     result.added, result.removed = counts["added"], counts["removed"]
     result.renamed, result.moved = counts["renamed"], counts["moved"]
+    result.redirected = counts["redirected"]
     return result
+
+
+def redirect_products(
+    session: Session, store_id: str, row: Category, target_id: str, now
+) -> CategoryChange:
+    """Move the products of a removed category to its redirect target; return the change."""
+    # NOTE: archived products in the cold tier keep the removed category's id, so
+    # training snapshots, which read only active categories, leave them out.
+    session.exec(
+        update(Product)
+        .where(
+            Product.store_id == store_id,
+            Product.category_external_id == row.external_id,
+        )
+        .values(category_external_id=target_id)
+    )
+    return change_of(
+        store_id, row.external_id, "redirected", row.external_id, target_id, now
+    )
 
 
 def apply_category(
@@ -346,68 +382,81 @@ def write_product_batch(
     """Insert new products, update changed ones and mark the rest as seen, in one transaction."""
     if not products:
         return
-    now = utc_now()
     with open_session(engine) as session:
-        existing = {
-            row.external_id: row
-            for row in session.exec(
-                select(Product).where(
-                    Product.store_id == store_id,
-                    col(Product.external_id).in_([p.external_id for p in products]),
-                )
-            )
-        }
-        touched_categories: set[str] = set()
-        unchanged_ids: list[str] = []
-        for product in products:
-            row = existing.get(product.external_id)
-            if row is None:
-                session.add(
-                    Product(
-                        store_id=store_id,
-                        external_id=product.external_id,
-                        title=product.title,
-                        category_external_id=product.category_id,
-                        first_seen_at=now,
-                        last_seen_at=now,
-                    )
-                )
-                result.inserted += 1
-                touched_categories.add(product.category_id)
-            elif (
-                row.title != product.title
-                or row.category_external_id != product.category_id
-            ):
-                touched_categories.update(
-                    {row.category_external_id, product.category_id}
-                )
-                row.title, row.category_external_id = product.title, product.category_id
-                row.last_seen_at = now
-                session.add(row)
-                result.updated += 1
-            else:
-                unchanged_ids.append(product.external_id)
-        result.unchanged += len(unchanged_ids)
-
-        if unchanged_ids:
-            session.exec(
-                update(Product)
-                .where(
-                    Product.store_id == store_id,
-                    col(Product.external_id).in_(unchanged_ids),
-                )
-                .values(last_seen_at=now)
-            )
-        if touched_categories:
-            session.exec(
-                update(Category)
-                .where(
-                    Category.store_id == store_id,
-                    col(Category.external_id).in_(sorted(touched_categories)),
-                )
-                .values(products_updated_at=now)
-            )
+        stage_product_batch(session, store_id, products, result)
         session.commit()
+
+
+def stage_product_batch(
+    session: Session,
+    store_id: str,
+    products: list[ProductRecord],
+    result: IngestResult,
+) -> None:
+    """Add the inserts and updates of a batch to a session; the caller commits them.
+
+    The crawl commits a page's products and its cursor together this way.
+    """
+    if not products:
+        return
+    now = utc_now()
+    existing = {
+        row.external_id: row
+        for row in session.exec(
+            select(Product).where(
+                Product.store_id == store_id,
+                col(Product.external_id).in_([p.external_id for p in products]),
+            )
+        )
+    }
+    touched_categories: set[str] = set()
+    unchanged_ids: list[str] = []
+    for product in products:
+        row = existing.get(product.external_id)
+        if row is None:
+            session.add(
+                Product(
+                    store_id=store_id,
+                    external_id=product.external_id,
+                    title=product.title,
+                    category_external_id=product.category_id,
+                    first_seen_at=now,
+                    last_seen_at=now,
+                )
+            )
+            result.inserted += 1
+            touched_categories.add(product.category_id)
+        elif (
+            row.title != product.title
+            or row.category_external_id != product.category_id
+        ):
+            touched_categories.update({row.category_external_id, product.category_id})
+            row.title, row.category_external_id = product.title, product.category_id
+            row.last_seen_at = now
+            session.add(row)
+            result.updated += 1
+        else:
+            unchanged_ids.append(product.external_id)
+    result.unchanged += len(unchanged_ids)
+
+    if unchanged_ids:
+        session.exec(
+            update(Product)
+            .where(
+                Product.store_id == store_id,
+                col(Product.external_id).in_(unchanged_ids),
+            )
+            .values(last_seen_at=now)
+        )
+    if touched_categories:
+        session.exec(
+            update(Category)
+            .where(
+                Category.store_id == store_id,
+                col(Category.external_id).in_(sorted(touched_categories)),
+            )
+            .values(products_updated_at=now)
+        )
 
 
 def replace_quarantine(
@@ -416,27 +465,30 @@ def replace_quarantine(
     """Replace a store's quarantined rows with those of the latest ingest."""
     with open_session(engine) as session:
         session.exec(delete(QuarantinedRow).where(QuarantinedRow.store_id == store_id))
-        session.add_all(
-            QuarantinedRow(
-                store_id=store_id,
-                source=row.source,
-                position=row.position,
-                reason=row.reason,
-                raw=row.raw,
-            )
-            for row in rejected
-        )
+        session.add_all(quarantined_row(store_id, row) for row in rejected)
         session.commit()
 
 
+def quarantined_row(store_id: str, row: RejectedRow) -> QuarantinedRow:
+    """Build the quarantine table row of a rejected source row."""
+    return QuarantinedRow(
+        store_id=store_id,
+        source=row.source,
+        position=row.position,
+        reason=row.reason,
+        raw=row.raw,
+    )
+
+
 def refresh_category_counts(engine: Engine, store_id: str) -> None:
-    """Store each category's current product count."""
+    """Store each category's product count over the hot and cold tiers."""
+    products = tiered_products(engine)
     with open_session(engine) as session:
         counts = dict(
             session.exec(
-                select(Product.category_external_id, func.count())
-                .where(Product.store_id == store_id)
-                .group_by(Product.category_external_id)
+                select(products.c.category_external_id, func.count())
+                .where(products.c.store_id == store_id)
+                .group_by(products.c.category_external_id)
             ).all()
         )
         for row in session.exec(select(Category).where(Category.store_id == store_id)):
@@ -455,6 +507,7 @@ class CategoryProgress:
     path: str
     product_count: int
     target: int
+    products_updated_at: datetime | None = None
 
     @property
     def is_complete(self) -> bool:
@@ -473,7 +526,13 @@ def load_category_progress(
             )
         ).all()
     return [
-        CategoryProgress(row.external_id, row.path, row.product_count, target)
+        CategoryProgress(
+            row.external_id,
+            row.path,
+            row.product_count,
+            target,
+            row.products_updated_at,
+        )
         for row in rows
         if row.is_leaf or row.product_count > 0
     ]
@@ -486,6 +545,12 @@ def remove_store(engine: Engine, store_id: str, *, is_purge: bool = False) -> No
         if store is not None:
             session.delete(store)
         if is_purge:
-            for table in (Product, Category, CategoryChange, QuarantinedRow):
+            for table in (
+                Product,
+                Category,
+                CategoryChange,
+                QuarantinedRow,
+                CrawlCursor,
+            ):
                 session.exec(delete(table).where(table.store_id == store_id))
         session.commit()

@@ -9,6 +9,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from mkt.calibration import ScoreCalibration
+from mkt.features import LexicalBlock, combine_vectors
 from mkt.index import (
     IndexKind,
     build_index,
@@ -20,11 +22,12 @@ from mkt.index import (
 INDEX_FILE = "index.faiss"
 LABELS_FILE = "vector_labels.npy"
 CATEGORIES_FILE = "categories.json"
+PATH_SEPARATOR = " > "
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One category proposed for a name, with its share of the neighbours' vote."""
+    """One category proposed for a name, with its calibrated share of the vote."""
 
     category_id: str
     category_path: str
@@ -33,7 +36,11 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Prediction:
-    """The classifier's answer for one name; `category_id` is None when it abstains."""
+    """The classifier's answer for one name; `category_id` is None when it abstains.
+
+    An abstaining prediction's `category_path` names the deepest ancestor of the top
+    category that reached the back-off share, or is None.
+    """
 
     category_id: str | None
     category_path: str | None
@@ -47,11 +54,14 @@ class Prediction:
 
 
 class KnnClassifier:
-    """Classify L2-normalised embeddings by a similarity-weighted vote of their neighbours.
+    """Classify names by a similarity-weighted vote of their nearest training names.
 
-    Each of the k nearest training names votes for its category with weight
-    exp((similarity - best similarity) / vote_temperature); a category's score is its share
-    of the votes, so scores of the candidates sum to 1.
+    The index searches the L2-normalised embedding, joined with the lexical block when
+    the classifier has one (see `combine_vectors`). Each of the k nearest training names
+    votes for its category with weight exp((similarity - best similarity) /
+    vote_temperature) / (training names of its category) ** class_prior_exponent. A
+    category's raw score is its share of the votes, mapped by the calibration when the
+    classifier has one.
     """
 
     def __init__(
@@ -63,6 +73,11 @@ class KnnClassifier:
         k: int = 10,
         vote_temperature: float = 0.05,
         abstain_threshold: float = 0.0,
+        class_prior_exponent: float = 0.0,
+        lexical_weight: float = 0.0,
+        lexical_block: LexicalBlock | None = None,
+        calibration: ScoreCalibration | None = None,
+        backoff_share: float | None = None,
     ) -> None:
         if index.ntotal != len(vector_labels):
             raise ValueError(
@@ -74,6 +89,13 @@ class KnnClassifier:
         self.k = k
         self.vote_temperature = vote_temperature
         self.abstain_threshold = abstain_threshold
+        self.class_prior_exponent = class_prior_exponent
+        self.lexical_weight = lexical_weight
+        self.lexical_block = lexical_block
+        self.calibration = calibration
+        self.backoff_share = backoff_share
+        label_counts = np.bincount(self.vector_labels, minlength=len(categories))
+        self.vote_scales = np.maximum(label_counts, 1.0) ** -class_prior_exponent
 
     @classmethod
     def build(
@@ -83,6 +105,7 @@ class KnnClassifier:
         category_paths: dict[str, str],
         *,
         rows: np.ndarray | None = None,
+        titles: Sequence[str] | None = None,
         index: IndexKind = "auto",
         memory_budget_gb: float = 16.0,
         recall_target: float = 0.95,
@@ -95,6 +118,8 @@ class KnnClassifier:
             category_ids: The category of each indexed row.
             category_paths: The path of each category id.
             rows: Positions of the rows of `embeddings` to index; all rows when None.
+            titles: The name of each indexed row; required with a `lexical_block`, whose
+                block of each title then joins its embedding.
             index: Index kind; `auto` chooses it from the number of rows.
             memory_budget_gb: Largest estimated index memory to build.
             recall_target: Recall@k against exact search that sets IVF's nprobe.
@@ -111,6 +136,18 @@ class KnnClassifier:
                 f"expected one embedding row per label, got {row_count} rows of shape "
                 f"{embeddings.shape} for {len(category_ids)} labels"
             )
+        if settings.get("lexical_block") is not None:
+            # NOTE: the lexical block joins each row in memory, so a store that uses it
+            # holds its training vectors in RAM while the index is built.
+            selected = embeddings if rows is None else embeddings[rows]
+            # Inner product equals cosine similarity only because both parts are unit rows.
+            embeddings = join_lexical_block(
+                np.asarray(selected, dtype=np.float32),
+                titles,
+                settings["lexical_block"],
+                settings.get("lexical_weight", 0.0),
+            )
+            rows = None
         plan = plan_index(
             row_count,
             embeddings.shape[1],
@@ -136,25 +173,60 @@ class KnnClassifier:
 
     @property
     def dimension(self) -> int:
-        """Length of the embeddings the index expects."""
-        return self.index.d
+        """Length of the embeddings the classifier expects, without the lexical block."""
+        if self.lexical_block is None:
+            return self.index.d
+        return self.index.d - self.lexical_block.dimension
 
-    def predict(self, embeddings: np.ndarray, top_k: int = 1) -> list[Prediction]:
-        """Return one prediction per embedding row, with up to `top_k` candidates each."""
-        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    def search_neighbours(
+        self,
+        embeddings: np.ndarray,
+        titles: Sequence[str] | None,
+        neighbour_count: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return the similarities and vector positions of each name's nearest neighbours.
+
+        FAISS pads with position -1 when it finds fewer neighbours than asked.
+        """
+        vectors = join_lexical_block(
+            self._check_shape(embeddings),
+            titles,
+            self.lexical_block,
+            self.lexical_weight,
+        )
+        return self.index.search(vectors, neighbour_count)
+
+    def _check_shape(self, embeddings: np.ndarray) -> np.ndarray:
+        embeddings = np.asarray(embeddings, dtype=np.float32)
         if embeddings.ndim != 2 or embeddings.shape[1] != self.dimension:
             raise ValueError(
                 f"expected embeddings of shape (n, {self.dimension}), got {embeddings.shape}"
             )
+        return embeddings
+
+    def predict(
+        self,
+        embeddings: np.ndarray,
+        top_k: int = 1,
+        *,
+        titles: Sequence[str] | None = None,
+    ) -> list[Prediction]:
+        """Return one prediction per embedding row, with up to `top_k` candidates each.
+
+        Raises:
+            ValueError: if the classifier has a lexical block and `titles` is missing,
+                or the titles do not match the embedding rows one to one.
+        """
+        embeddings = self._check_shape(embeddings)
         if len(embeddings) == 0:
             return []
         neighbour_count = min(self.k, self.index.ntotal)
         if neighbour_count == 0:
             return [Prediction(None, None, 0.0) for _ in range(len(embeddings))]
 
-        embeddings = embeddings.copy()
-        faiss.normalize_L2(embeddings)
-        similarities, positions = self.index.search(embeddings, neighbour_count)
+        similarities, positions = self.search_neighbours(
+            embeddings, titles, neighbour_count
+        )
         return [
             self._vote(row_similarities, row_positions, top_k)
             for row_similarities, row_positions in zip(similarities, positions)
@@ -163,50 +235,92 @@ class KnnClassifier:
     def _vote(
         self, similarities: np.ndarray, positions: np.ndarray, top_k: int
     ) -> Prediction:
-        # FAISS pads with position -1 when it finds fewer neighbours than asked; drop
-        # those before the label lookup, since -1 would silently pick the last label.
+        # Drop FAISS's -1 padding before the label lookup, since -1 would silently pick
+        # the last label.
         found = positions >= 0
         similarities, positions = similarities[found], positions[found]
         if len(positions) == 0:
             return Prediction(None, None, 0.0)
 
+        labels = self.vector_labels[positions]
         weights = np.exp((similarities - similarities.max()) / self.vote_temperature)
+        weights = weights * self.vote_scales[labels]
         votes: dict[int, float] = {}
-        for label, weight in zip(self.vector_labels[positions], weights):
+        for label, weight in zip(labels, weights):
             votes[int(label)] = votes.get(int(label), 0.0) + float(weight)
         total = sum(votes.values())
         ranked = sorted(votes.items(), key=lambda item: (-item[1], item[0]))[
             : max(1, top_k)
         ]
+        shares = np.array([vote / total for _, vote in ranked])
+        if self.calibration is not None:
+            shares = self.calibration.apply(shares)
         candidates = [
             Candidate(
-                self.categories[label][0], self.categories[label][1], vote / total
+                self.categories[label][0], self.categories[label][1], float(share)
             )
-            for label, vote in ranked
+            for (label, _), share in zip(ranked, shares)
         ]
 
         best = candidates[0]
         if best.score < self.abstain_threshold or not math.isfinite(best.score):
-            return Prediction(None, None, best.score, candidates)
+            ancestor_path = self._back_off(votes, total, ranked[0][0])
+            return Prediction(None, ancestor_path, best.score, candidates)
         return Prediction(best.category_id, best.category_path, best.score, candidates)
+
+    def _back_off(
+        self, votes: dict[int, float], total: float, best_label: int
+    ) -> str | None:
+        """Return the deepest ancestor path whose raw vote share reaches the back-off share.
+
+        Only ancestors of the best category count; returns None when none reaches it.
+        """
+        if self.backoff_share is None:
+            return None
+        levels = self.categories[best_label][1].split(PATH_SEPARATOR)
+        label_levels = {
+            label: self.categories[label][1].split(PATH_SEPARATOR) for label in votes
+        }
+        for depth in range(len(levels) - 1, 0, -1):
+            prefix = levels[:depth]
+            share = sum(
+                vote
+                for label, vote in votes.items()
+                if label_levels[label][:depth] == prefix
+            )
+            if share / total >= self.backoff_share:
+                return PATH_SEPARATOR.join(prefix)
+        return None
 
     def save(self, folder: Path) -> None:
         """Write the index, the label of each vector and the settings to a folder."""
         folder.mkdir(parents=True, exist_ok=True)
         faiss.write_index(self.index, str(folder / INDEX_FILE))
         np.save(folder / LABELS_FILE, self.vector_labels)
+        if self.lexical_block is not None:
+            self.lexical_block.save(folder)
         document = {
             "categories": self.categories,
             "k": self.k,
             "vote_temperature": self.vote_temperature,
             "abstain_threshold": self.abstain_threshold,
+            "class_prior_exponent": self.class_prior_exponent,
+            "lexical_weight": self.lexical_weight,
+            "backoff_share": self.backoff_share,
+            "calibration": None
+            if self.calibration is None
+            else self.calibration.to_dict(),
         }
         (folder / CATEGORIES_FILE).write_text(json.dumps(document, ensure_ascii=False))
 
     @classmethod
     def load(cls, folder: Path) -> "KnnClassifier":
-        """Read a classifier written by `save`."""
+        """Read a classifier written by `save`.
+
+        Folders written before the lexical block and calibration existed load without them.
+        """
         document = json.loads((folder / CATEGORIES_FILE).read_text())
+        calibration = document.get("calibration")
         return cls(
             faiss.read_index(str(folder / INDEX_FILE)),
             np.load(folder / LABELS_FILE),
@@ -214,4 +328,33 @@ class KnnClassifier:
             k=document["k"],
             vote_temperature=document["vote_temperature"],
             abstain_threshold=document["abstain_threshold"],
+            class_prior_exponent=document.get("class_prior_exponent", 0.0),
+            lexical_weight=document.get("lexical_weight", 0.0),
+            backoff_share=document.get("backoff_share"),
+            lexical_block=LexicalBlock.load(folder),
+            calibration=None
+            if calibration is None
+            else ScoreCalibration.from_dict(calibration),
         )
+
+
+def join_lexical_block(
+    embeddings: np.ndarray,
+    titles: Sequence[str] | None,
+    lexical_block: LexicalBlock | None,
+    lexical_weight: float,
+) -> np.ndarray:
+    """Return the vectors the index searches: unit embeddings, plus the lexical block.
+
+    Raises:
+        ValueError: if there is a lexical block but no title per embedding row.
+    """
+    if lexical_block is None:
+        return combine_vectors(embeddings, None, 0.0)
+    if titles is None or len(titles) != len(embeddings):
+        title_count = "no" if titles is None else len(titles)
+        raise ValueError(
+            f"this classifier has a lexical block, so it needs one title per "
+            f"embedding row: got {title_count} titles for {len(embeddings)} rows"
+        )
+    return combine_vectors(embeddings, lexical_block.transform(titles), lexical_weight)

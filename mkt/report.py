@@ -119,9 +119,11 @@ def build_store_report(data: ReportData) -> StoreReport:
     if levels:
         figures["level_accuracy.png"] = plot_level_accuracy(levels)
     if data.test_scores is not None and len(data.test_scores):
-        figures["confidence.png"] = plot_confidence(
-            data.test_scores, data.config.classifier.abstain_threshold
-        )
+        threshold = data.config.classifier.abstain_threshold
+        if threshold is None:
+            # Tuned per version at train time; evaluate logs the one it applied.
+            threshold = data.champion_metrics.get("test_abstain_threshold", 0.0)
+        figures["confidence.png"] = plot_confidence(data.test_scores, threshold)
     if data.confusion_pairs is not None and len(data.confusion_pairs):
         figures["confusion_pairs.png"] = plot_confusion_pairs(
             data.confusion_pairs, data.category_paths

@@ -33,6 +33,32 @@ class Settings(BaseSettings):
         gt=0,
         description="Names encoded per batch by the embedding model.",
     )
+    sync_concurrency: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "Deployment writes `mkt sync` sends to Prefect at once. Keep 1 for a Prefect "
+            "server on SQLite, where concurrent writes wait on the database lock and the "
+            "client's retries; raise it for a server on PostgreSQL."
+        ),
+    )
+
+    cold_dir: Path | None = Field(
+        default=None,
+        description="Folder of the cold SQLite tier (cheap disk); unset: no cold tier.",
+    )
+    hot_tablespace: str | None = Field(
+        default=None, description="PostgreSQL tablespace of current products."
+    )
+    cold_tablespace: str | None = Field(
+        default=None, description="PostgreSQL tablespace of archived products."
+    )
+    archive_after_days: float = Field(
+        default=90.0,
+        gt=0,
+        description="Days since a product was last seen before archive moves it cold.",
+    )
 
     @property
     def home_dir(self) -> Path:
@@ -59,9 +85,28 @@ class Settings(BaseSettings):
         """Folder of the embedding caches, one SQLite file per embedding model."""
         return self.home_dir / "cache" / "embeddings"
 
+    @property
+    def encoder_export_dir(self) -> Path:
+        """Folder of the ONNX exports of embedding models, one folder per encoder."""
+        return self.home_dir / "cache" / "encoders"
+
     def store_dir(self, store_id: str) -> Path:
         """Folder of one store's training snapshot and its embeddings."""
         return self.home_dir / "stores" / store_id
+
+    @property
+    def cold_database_path(self) -> Path | None:
+        """The cold SQLite tier's file, or None when no cold folder is set."""
+        if self.cold_dir is None:
+            return None
+        return self.cold_dir.expanduser().resolve() / "mkt-cold.db"
+
+    @property
+    def has_tiers(self) -> bool:
+        """Whether a cold tier is configured for the product database."""
+        if self.resolved_database_url.startswith("sqlite"):
+            return self.cold_dir is not None
+        return bool(self.hot_tablespace and self.cold_tablespace)
 
     def ensure_home(self) -> Path:
         """Create the data directory if needed and return it."""

@@ -10,9 +10,10 @@ import pandas as pd
 from sqlalchemy import Engine
 from sqlmodel import col, select
 
-from mkt.database import Category, Product, open_session
+from mkt.database import Category, open_session
 from mkt.errors import NotEnoughData
 from mkt.stores.config import StoreConfig
+from mkt.tiers import tiered_products
 from mkt.titles import clean_title, hash_text, title_key
 
 logger = logging.getLogger(__name__)
@@ -42,16 +43,17 @@ class SnapshotStats:
 
 
 def load_labelled_products(engine: Engine, store_id: str) -> pd.DataFrame:
-    """Return the titles of a store's products with their category id and path."""
+    """Return the titles of a store's products in both tiers with their category id and path."""
+    products = tiered_products(engine)
     with open_session(engine) as session:
         rows = session.exec(
-            select(Product.title, Product.category_external_id, Category.path)
+            select(products.c.title, products.c.category_external_id, Category.path)
             .join(
                 Category,
-                (Category.store_id == Product.store_id)
-                & (Category.external_id == Product.category_external_id),
+                (Category.store_id == products.c.store_id)
+                & (Category.external_id == products.c.category_external_id),
             )
-            .where(Product.store_id == store_id, col(Category.removed_at).is_(None))
+            .where(products.c.store_id == store_id, col(Category.removed_at).is_(None))
         ).all()
     return pd.DataFrame(rows, columns=["title", "category_id", "category_path"])
 

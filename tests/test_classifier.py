@@ -125,3 +125,61 @@ def test_noise_words_leave_category_unchanged(encoder, sample_classifier):
     plain, noisy = sample_classifier.predict(encode_titles(encoder, titles))
 
     assert plain.category_path == noisy.category_path == "Mobile Phones"
+
+
+def sibling_classifier(**settings):
+    """Two leaves under 'Food > Fruit' that split the vote, and one under 'Food > Bread'."""
+    embeddings = unit_rows([1, 0.1, 0], [1, -0.1, 0], [0, 1, 0])
+    paths = {
+        "apple": "Food > Fruit > Apples",
+        "pear": "Food > Fruit > Pears",
+        "rye": "Food > Bread > Rye",
+    }
+    return KnnClassifier.build(
+        embeddings,
+        ["apple", "pear", "rye"],
+        paths,
+        k=3,
+        vote_temperature=1.0,
+        abstain_threshold=0.6,
+        **settings,
+    )
+
+
+def test_abstaining_name_backs_off_to_confident_ancestor():
+    classifier = sibling_classifier(backoff_share=0.6)
+
+    (prediction,) = classifier.predict(unit_rows([1, 0.01, 0]))
+
+    assert prediction.is_abstained
+    assert prediction.category_path == "Food > Fruit"
+    assert prediction.candidates[0].category_path == "Food > Fruit > Apples"
+
+
+def test_back_off_needs_the_ancestor_share():
+    classifier = sibling_classifier(backoff_share=0.99)
+
+    (prediction,) = classifier.predict(unit_rows([1, 0.01, 0]))
+
+    assert prediction.is_abstained
+    assert prediction.category_path == "Food"
+
+
+def test_back_off_is_off_without_a_share():
+    classifier = sibling_classifier()
+
+    (prediction,) = classifier.predict(unit_rows([1, 0.01, 0]))
+
+    assert prediction.is_abstained
+    assert prediction.category_path is None
+
+
+def test_back_off_share_survives_save_and_load(tmp_path):
+    classifier = sibling_classifier(backoff_share=0.6)
+
+    classifier.save(tmp_path / "clf")
+    loaded = KnnClassifier.load(tmp_path / "clf")
+
+    assert loaded.backoff_share == 0.6
+    query = unit_rows([1, 0.01, 0])
+    assert loaded.predict(query) == classifier.predict(query)

@@ -13,7 +13,7 @@ def test_shipped_model_encodes_offline_into_unit_vectors(encoder):
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-5)
 
 
-def test_cache_embeds_only_new_names(tmp_path, encoder):
+def test_cache_embeds_only_new_names(tmp_path, torch_encoder):
     model = "sentence-transformers/all-MiniLM-L6-v2"
     titles = ["apple iphone 8 64gb", "bosch dishwasher", "apple iphone 8 64gb"]
 
@@ -24,7 +24,7 @@ def test_cache_embeds_only_new_names(tmp_path, encoder):
     assert second_new == 1
     np.testing.assert_array_equal(first, second[:3])
     np.testing.assert_allclose(
-        first[1], encode_titles(encoder, ["bosch dishwasher"])[0], atol=1e-6
+        first[1], encode_titles(torch_encoder, ["bosch dishwasher"])[0], atol=1e-6
     )
 
 

@@ -25,6 +25,9 @@ def classify(
 ) -> None:
     """Classify product names with the store's @champion classifier.
 
+    Categories removed from the store's tree since training are answered with their
+    redirect target, or left out when retired.
+
     Examples:
         mkt classify pricerunner-uk "apple iphone 8 plus 64gb silver"
         mkt classify pricerunner-uk "bosch serie 4 dishwasher" --top-k 5 --json
@@ -33,14 +36,17 @@ def classify(
 
     from mkt.catalog import load_store
     from mkt.flows.context import open_database
+    from mkt.label_map import load_label_map, remap_predictions_frame
     from mkt.registry import configure_mlflow, load_champion
     from mkt.settings import Settings
 
     settings = Settings()
-    load_store(open_database(settings), store_id)
+    engine = open_database(settings)
+    load_store(engine, store_id)
     configure_mlflow(settings)
     classifier = load_champion(store_id)
     result = classifier.predict(pd.DataFrame({"title": names}), params={"top_k": top_k})
+    result = remap_predictions_frame(result, load_label_map(engine, store_id))
 
     if as_json:
         for row in result.to_dict(orient="records"):

@@ -10,7 +10,17 @@ from typing import Annotated
 
 import typer
 
-from mkt.cli import classify, promotion, report, run, serve, status, stores, up
+from mkt.cli import (
+    archive,
+    classify,
+    promotion,
+    report,
+    run,
+    serve,
+    status,
+    stores,
+    up,
+)
 
 app = typer.Typer(
     name="mkt",
@@ -32,6 +42,7 @@ app.command("promote")(promotion.promote)
 app.command("rollback")(promotion.rollback)
 app.command("status")(status.status)
 app.command("report")(report.report)
+app.command("archive")(archive.archive)
 
 
 @app.callback()

@@ -79,6 +79,7 @@ def quiet_prefect_console() -> None:
     from prefect.logging.configuration import setup_logging
 
     setup_logging()
+    point_console_handlers_at_stderr()
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         run_logger = logging.getLogger(name)
         if not any(isinstance(f, _MktErrorTracebackFilter) for f in run_logger.filters):
@@ -86,6 +87,31 @@ def quiet_prefect_console() -> None:
     for handler in logging.getLogger().handlers:
         if _is_not_completion_line not in handler.filters:
             handler.addFilter(_is_not_completion_line)
+
+
+def point_console_handlers_at_stderr() -> None:
+    """Make Prefect's console handlers write to the current `sys.stderr`.
+
+    Prefect binds them to the stream that was `sys.stderr` when its logging was first set
+    up; a host that swapped the stream since (a test runner, a notebook) may have closed it.
+    """
+    import sys
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger()] + [
+        item
+        for item in logging.Logger.manager.loggerDict.values()
+        if isinstance(item, logging.Logger)
+    ]
+    for handler in {h for item in loggers for h in item.handlers}:
+        if (
+            isinstance(handler, PrefectConsoleHandler)
+            and handler.stream is not sys.stderr
+        ):
+            # Not setStream: it flushes the old stream, which fails when that is closed.
+            handler.stream = sys.stderr
+            handler.console.file = sys.stderr
 
 
 def run_stage(stage: Stage, store_id: str) -> dict:

@@ -16,6 +16,24 @@ STAGES = ("crawl", "embed", "train", "evaluate", "monitor")
 
 @reports_errors
 def status(
+    store_id: Annotated[
+        str | None,
+        typer.Argument(help="Store slug, e.g. allegro-pl; default: every store."),
+    ] = None,
+    categories: Annotated[
+        bool,
+        typer.Option(
+            "--categories",
+            help="Show the store's category coverage against its product target "
+            "instead of the stage table.",
+        ),
+    ] = False,
+    least: Annotated[
+        int,
+        typer.Option(
+            "--least", min=1, help="Least covered categories listed with --categories."
+        ),
+    ] = 10,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object per store instead.")
     ] = False,
@@ -31,11 +49,15 @@ def status(
     Flow run states come from the Prefect API named by PREFECT_API_URL; without one, or
     when it does not respond within --timeout-s, they show as '-'.
 
+    With --categories, show one store's coverage instead: a histogram of categories by
+    share of the target products per category, and the least covered categories.
+
     Examples:
         mkt status
         mkt status --json
+        mkt status allegro-pl --categories --least 20
     """
-    from mkt.catalog import list_store_rows
+    from mkt.catalog import list_store_rows, load_store
     from mkt.flows.context import open_database
     from mkt.registry import configure_mlflow
     from mkt.settings import Settings
@@ -44,7 +66,13 @@ def status(
 
     settings = Settings()
     engine = open_database(settings)
+    if categories:
+        show_category_coverage(engine, store_id, least, as_json)
+        return
     rows = list_store_rows(engine)
+    if store_id is not None:
+        load_store(engine, store_id)
+        rows = [row for row in rows if row.store_id == store_id]
     if not rows:
         err.print("No stores registered. Add one: mkt add-store NAME --config FILE")
         return
@@ -70,6 +98,69 @@ def status(
             typer.echo(json.dumps(item.to_dict()))
         return
     out.print(status_table(statuses, datetime.now(UTC)))
+
+
+def show_category_coverage(
+    engine, store_id: str | None, least: int, as_json: bool
+) -> None:
+    """Print a store's coverage histogram and its least covered categories."""
+    from mkt.catalog import load_category_progress, load_store
+    from mkt.coverage import coverage_histogram, least_covered
+    from mkt.errors import ConfigError
+
+    if store_id is None:
+        raise ConfigError(
+            "--categories needs a store. Name one: mkt status STORE --categories"
+        )
+    config = load_store(engine, store_id)
+    target = config.target_products_per_category
+    progress = load_category_progress(engine, store_id, target)
+    histogram = coverage_histogram(progress)
+    lowest = least_covered(progress, least)
+
+    if as_json:
+        document = {
+            "store_id": store_id,
+            "target": target,
+            "category_count": len(progress),
+            "complete_count": sum(item.is_complete for item in progress),
+            "histogram": {item.label: item.category_count for item in histogram},
+            "least_covered": [
+                {
+                    "category_id": item.external_id,
+                    "category_path": item.path,
+                    "product_count": item.product_count,
+                    "products_updated_at": item.products_updated_at,
+                }
+                for item in lowest
+            ],
+        }
+        typer.echo(json.dumps(document, default=str))
+        return
+    out.print(coverage_tables(store_id, target, histogram, lowest))
+
+
+def coverage_tables(store_id, target, histogram, lowest):
+    """Return the coverage histogram and the least covered categories as rich tables."""
+    from rich.console import Group
+    from rich.table import Table
+
+    total = max(1, sum(item.category_count for item in histogram))
+    bars = Table(
+        "share of target", "categories", "", title=f"{store_id}: target {target}"
+    )
+    for item in histogram:
+        bar = "#" * round(30 * item.category_count / total)
+        bars.add_row(item.label, str(item.category_count), bar)
+    least_table = Table("category", "products", "last update", title="least covered")
+    for item in lowest:
+        updated = item.products_updated_at
+        least_table.add_row(
+            item.path,
+            f"{item.product_count}/{target}",
+            "-" if updated is None else updated.strftime("%Y-%m-%d %H:%M"),
+        )
+    return Group(bars, least_table)
 
 
 def load_flow_run_states(

@@ -5,16 +5,33 @@ from sqlalchemy import Engine
 from mkt.database import get_engine
 from mkt.locks import file_lock
 from mkt.settings import Settings
+from mkt.tiers import TierSettings, enable_tiers
 
 
 def open_database(settings: Settings) -> Engine:
-    """Return the product database engine of the settings, creating the data dir if needed."""
+    """Return the product database engine of the settings, creating the data dir if needed.
+
+    With a cold tier configured, the engine reads and archives into it too.
+    """
     url = settings.resolved_database_url
     if settings.database_url is not None:
-        return get_engine(url, busy_timeout_s=settings.sqlite_busy_timeout_s)
-    # Creating the tables of a new SQLite file races when several commands start at once.
-    with file_lock(settings.ensure_home() / "mkt.db.lock"):
-        return get_engine(url, busy_timeout_s=settings.sqlite_busy_timeout_s)
+        engine = get_engine(url, busy_timeout_s=settings.sqlite_busy_timeout_s)
+    else:
+        # Creating the tables of a new SQLite file races when several commands start.
+        with file_lock(settings.ensure_home() / "mkt.db.lock"):
+            engine = get_engine(url, busy_timeout_s=settings.sqlite_busy_timeout_s)
+    if settings.has_tiers:
+        enable_tiers(engine, tier_settings(settings))
+    return engine
+
+
+def tier_settings(settings: Settings) -> TierSettings:
+    """Return the storage tier settings of the settings."""
+    return TierSettings(
+        cold_path=settings.cold_database_path,
+        hot_tablespace=settings.hot_tablespace,
+        cold_tablespace=settings.cold_tablespace,
+    )
 
 
 def trigger_stage(store_id: str, stage: str, reason: str) -> str | None:

@@ -10,6 +10,7 @@ from prefect import flow, get_run_logger, task
 
 from mkt.catalog import load_store
 from mkt.embeddings import ProgressCallback, embed_with_cache
+from mkt.encoders import load_encoder
 from mkt.errors import NotEnoughData
 from mkt.flows.context import open_database, trigger_stage
 from mkt.index import release_mapped_pages
@@ -130,10 +131,13 @@ def embed_snapshot(
     settings = Settings()
     config = load_store(open_database(settings), store_id)
 
+    titles = snapshot["title"].tolist()
+    over_length_count = count_over_length(store_id, titles, config.embedding_model)
+
     started = time.perf_counter()
     with embedding_progress(show_progress) as on_progress:
         embeddings, new_count = embed_to_file(
-            snapshot["title"].tolist(),
+            titles,
             config.embedding_model,
             settings,
             settings.store_dir(store_id),
@@ -143,7 +147,8 @@ def embed_snapshot(
 
     metadata = {
         "embedding_model": config.embedding_model,
-        "stats": stats,
+        # The train stage logs these stats to MLflow as snapshot_* metrics.
+        "stats": {**stats, "over_length_count": over_length_count},
         "new_embeddings": new_count,
     }
     save_snapshot(settings.store_dir(store_id), snapshot, embeddings, metadata)
@@ -158,8 +163,28 @@ def embed_snapshot(
     return {
         "name_count": len(snapshot),
         "new_embeddings": new_count,
+        "over_length_count": over_length_count,
         "seconds": elapsed_s,
     }
+
+
+def count_over_length(store_id: str, titles: list[str], embedding_model: str) -> int:
+    """Count the names the encoder cuts at its maximum sequence length, warning if any."""
+    logger = get_run_logger()
+    encoder = load_encoder(embedding_model)
+    over_length_count = encoder.count_over_length(titles)
+    if over_length_count:
+        logger.warning(
+            "Store %r: %d of %d names are longer than %d tokens; %r embeds only their "
+            "first %d tokens",
+            store_id,
+            over_length_count,
+            len(titles),
+            encoder.max_seq_length,
+            embedding_model,
+            encoder.max_seq_length,
+        )
+    return over_length_count
 
 
 @flow(name="embed", flow_run_name="embed-{store_id}")

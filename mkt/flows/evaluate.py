@@ -48,14 +48,17 @@ def score_classifier(store_id: str, classifier_version: str | None = None) -> di
     classifier = load_classifier_version(store_id, version.version)
     is_test = (snapshot["split"] == "test").to_numpy()
     test = snapshot[is_test]
-    predictions = classifier.predict(embeddings[is_test], top_k=1)
+    predictions = classifier.predict(
+        embeddings[is_test], top_k=1, titles=test["title"].tolist()
+    )
     report = evaluate_predictions(
         test["category_id"].tolist(),
         test["category_path"].tolist(),
         predictions,
         precision_target=config.evaluation.precision_target,
-        abstain_threshold=config.classifier.abstain_threshold,
+        abstain_threshold=classifier.abstain_threshold,
     )
+    report.metrics["abstain_threshold"] = float(classifier.abstain_threshold)
     test_scores = build_test_score_table(test["category_id"].tolist(), predictions)
     report.metrics["mean_top_score"] = float(test_scores["score"].mean())
 

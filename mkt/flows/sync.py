@@ -20,9 +20,12 @@ def registered_configs(settings: Settings) -> list[StoreConfig]:
 async def sync_stores() -> list[str]:
     """Create, update and delete deployments so the server matches the store configs."""
     logger = get_run_logger()
-    configs = registered_configs(Settings())
+    settings = Settings()
+    configs = registered_configs(settings)
     async with get_client() as client:
-        plan = await sync_deployments(client, configs)
+        plan = await sync_deployments(
+            client, configs, concurrency=settings.sync_concurrency
+        )
     for line in plan.describe():
         logger.info("Deployment %s", line)
     return plan.describe()

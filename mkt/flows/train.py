@@ -12,6 +12,7 @@ from mkt.flows.context import open_database, trigger_stage
 from mkt.registry import configure_mlflow, ensure_experiment, log_classifier
 from mkt.settings import Settings
 from mkt.snapshot import load_snapshot
+from mkt.tuning import LabelledNames, TuningResult, fit_classifier
 
 
 @task(name="fit-and-log-classifier")
@@ -31,14 +32,19 @@ def fit_and_log_classifier(store_id: str) -> dict:
     is_train = (snapshot["split"] == "train").to_numpy()
     train = snapshot[is_train]
     paths = dict(zip(snapshot["category_id"], snapshot["category_path"]))
+    # NOTE: tuning on a validation split needs the training rows in memory (float16 from
+    # the snapshot file), so this copy grows with the store; the index itself is built
+    # in batches.
+    names = LabelledNames(
+        embeddings[is_train], train["title"].tolist(), train["category_id"].tolist()
+    )
     started = time.perf_counter()
-    # Passing row positions keeps the memory-mapped embeddings on disk, read in batches.
-    classifier = KnnClassifier.build(
-        embeddings,
-        train["category_id"].tolist(),
+    classifier, tuning = fit_classifier(
+        names,
         paths,
-        rows=np.flatnonzero(is_train),
-        **config.classifier.model_dump(),
+        config.classifier,
+        precision_target=config.evaluation.precision_target,
+        seed=config.evaluation.seed,
     )
     train_s = time.perf_counter() - started
 
@@ -49,12 +55,14 @@ def fit_and_log_classifier(store_id: str) -> dict:
         params = {
             "embedding_model": config.embedding_model,
             **config.classifier.model_dump(),
+            **chosen_settings(classifier),
             "index_type": type(classifier.index).__name__,
         }
         metrics = {
             "train_count": float(len(train)),
             "category_count": float(len(classifier.categories)),
             "train_seconds": train_s,
+            **validation_metrics(tuning),
             **{f"snapshot_{k}": float(v) for k, v in metadata["stats"].items()},
         }
         mlflow_run_id, version = log_classifier(
@@ -70,6 +78,30 @@ def fit_and_log_classifier(store_id: str) -> dict:
         mlflow_run_id,
     )
     return {"mlflow_run_id": mlflow_run_id, "classifier_version": version}
+
+
+def chosen_settings(classifier: KnnClassifier) -> dict:
+    """Return the vote settings the classifier uses, as MLflow params."""
+    return {
+        "chosen_k": classifier.k,
+        "chosen_vote_temperature": classifier.vote_temperature,
+        "chosen_class_prior_exponent": classifier.class_prior_exponent,
+        "chosen_lexical_weight": classifier.lexical_weight,
+        "chosen_abstain_threshold": classifier.abstain_threshold,
+        "chosen_backoff_share": classifier.backoff_share,
+        "is_calibrated": classifier.calibration is not None,
+    }
+
+
+def validation_metrics(tuning: TuningResult | None) -> dict:
+    """Return the validation figures of the chosen settings, or none without tuning."""
+    if tuning is None:
+        return {}
+    return {
+        "validation_count": float(tuning.validation_count),
+        "validation_accuracy": tuning.validation_accuracy,
+        "validation_coverage_at_precision": tuning.validation_coverage,
+    }
 
 
 def raise_stale_snapshot(store_id: str, snapshot_model: str, config_model: str) -> None:

@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 
 from mkt.database import get_engine
 from mkt.errors import ClassifierNotFound, MktError, StoreNotFound
+from mkt.label_map import LabelMapCache
 from mkt.serving.background import PeriodicWorker
 from mkt.serving.encoding import NameEncoder
 from mkt.serving.loading import (
@@ -47,6 +48,7 @@ class ServingState:
     encoder: NameEncoder
     recorder: ServingStatsRecorder
     metrics: ServingMetrics
+    label_maps: LabelMapCache
 
     def flush_stats(self) -> int:
         """Write the serving statistics collected since the last flush to the database."""
@@ -105,6 +107,7 @@ def build_state(settings: ServingSettings, token: str | None) -> ServingState:
         ),
         recorder=ServingStatsRecorder(),
         metrics=metrics,
+        label_maps=LabelMapCache(engine),
     )
 
 

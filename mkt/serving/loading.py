@@ -12,7 +12,7 @@ from mlflow.exceptions import MlflowException
 from mkt.classifier import KnnClassifier
 from mkt.classifier_pyfunc import StoreClassifierModel
 from mkt.database import utc_now
-from mkt.embeddings import embedding_dimension, load_encoder
+from mkt.encoders import load_encoder
 from mkt.errors import MktError
 from mkt.registry import CHAMPION_ALIAS, registered_model_name
 
@@ -124,7 +124,7 @@ class RegistryReader:
 
         classifier = python_model.classifier
         embedding_model = python_model.metadata["embedding_model"]
-        encoder_dimension = embedding_dimension(load_encoder(embedding_model))
+        encoder_dimension = load_encoder(embedding_model).dimension
         if encoder_dimension != classifier.dimension:
             raise ClassifierLoadFailed(
                 f"{uri} indexes {classifier.dimension}-dimensional embeddings but "
@@ -148,7 +148,7 @@ class RegistryReader:
 
 
 def estimate_classifier_bytes(classifier: KnnClassifier) -> int:
-    """Estimate the memory of a classifier: its FAISS index, vector labels and categories."""
+    """Estimate the memory of a classifier: index, vector labels, categories, lexical block."""
     index = classifier.index
     code_size = getattr(index, "code_size", None)
     if code_size:
@@ -159,11 +159,14 @@ def estimate_classifier_bytes(classifier: KnnClassifier) -> int:
         len(category_id.encode()) + len(path.encode())
         for category_id, path in classifier.categories
     )
-    return int(index_bytes + classifier.vector_labels.nbytes + category_bytes)
+    lexical_bytes = 0
+    if classifier.lexical_block is not None:
+        lexical_bytes = classifier.lexical_block.estimate_bytes()
+    return int(
+        index_bytes + classifier.vector_labels.nbytes + category_bytes + lexical_bytes
+    )
 
 
 def estimate_encoder_bytes(embedding_model: str) -> int:
-    """Estimate the memory of an embedding model from its parameters and buffers."""
-    encoder = load_encoder(embedding_model)
-    tensors = [*encoder.parameters(), *encoder.buffers()]
-    return int(sum(tensor.numel() * tensor.element_size() for tensor in tensors))
+    """Estimate the memory of an embedding model from the size of its weights."""
+    return int(load_encoder(embedding_model).size_bytes)

@@ -12,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mkt.catalog import list_store_rows
 from mkt.classifier import Prediction
+from mkt.label_map import remap_prediction
 from mkt.serving.loading import LoadedClassifier, RegistryUnavailable
 from mkt.serving.schemas import (
     CandidateResult,
@@ -200,12 +201,14 @@ def predict_names(
     if not positions:
         return np.zeros((0, loaded.classifier.dimension), dtype=np.float32), predictions
 
-    embeddings = state.encoder.encode(
-        loaded.embedding_model, [names[i] for i in positions]
-    )
-    found = loaded.classifier.predict(embeddings, top_k=top_k)
+    kept_names = [names[i] for i in positions]
+    embeddings = state.encoder.encode(loaded.embedding_model, kept_names)
+    found = loaded.classifier.predict(embeddings, top_k=top_k, titles=kept_names)
+    # Categories removed from the tree since training go to their successors, and
+    # retired ones are dropped.
+    label_map = state.label_maps.get(loaded.store_id)
     for position, prediction in zip(positions, found):
-        predictions[position] = prediction
+        predictions[position] = remap_prediction(prediction, label_map)
     return embeddings, predictions
 
 

@@ -31,7 +31,10 @@ class NameResult(BaseModel):
 
     name: str
     category_id: str | None = Field(description="Best category; null when abstained.")
-    category_path: str | None
+    category_path: str | None = Field(
+        description="Best category's path; when abstained, the deepest confident "
+        "ancestor's path, or null."
+    )
     score: float = Field(description="Score of the best candidate, from 0 to 1.")
     is_abstained: bool = Field(
         description="True when the best score is under the store's abstain threshold; "

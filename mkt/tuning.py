@@ -1,0 +1,321 @@
+"""Per-store choice of the vote settings and score calibration on a validation split."""
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import sparse
+
+from mkt.calibration import ScoreCalibration
+from mkt.classifier import PATH_SEPARATOR, KnnClassifier
+from mkt.evaluation import coverage_at_precision
+from mkt.features import LexicalBlock
+from mkt.stores.config import ClassifierSettings
+from mkt.titles import hash_text, title_key
+
+logger = logging.getLogger(__name__)
+
+NEIGHBOUR_COUNTS = (1, 5, 10, 20, 40)
+VOTE_TEMPERATURES = (0.02, 0.05, 0.1, 0.2)
+CLASS_PRIOR_EXPONENTS = (0.0, 0.5)
+LEXICAL_WEIGHTS = (0.0, 0.3, 0.5)
+BACKOFF_SHARES = (0.8, 0.9, 0.95)
+MIN_VALIDATION_COUNT = 20
+
+
+@dataclass(frozen=True)
+class VoteSettings:
+    """The settings the validation grid chooses among."""
+
+    k: int
+    vote_temperature: float
+    class_prior_exponent: float
+    lexical_weight: float
+
+
+@dataclass(frozen=True)
+class TuningResult:
+    """The chosen settings with their validation accuracy, coverage and calibration."""
+
+    settings: VoteSettings
+    validation_count: int
+    validation_accuracy: float
+    validation_coverage: float
+    calibration: ScoreCalibration
+    abstain_threshold: float
+    backoff_share: float | None
+
+
+@dataclass(frozen=True)
+class LabelledNames:
+    """Training names of one store: embeddings, cleaned titles and category ids."""
+
+    embeddings: np.ndarray
+    titles: list[str]
+    category_ids: list[str]
+
+    def subset(self, mask: np.ndarray) -> "LabelledNames":
+        """Return the names where mask is true."""
+        positions = np.flatnonzero(mask)
+        return LabelledNames(
+            self.embeddings[positions],
+            [self.titles[i] for i in positions],
+            [self.category_ids[i] for i in positions],
+        )
+
+
+def split_validation(titles: Sequence[str], fraction: float, seed: int) -> np.ndarray:
+    """Return a mask of the validation names: `fraction` of the distinct title keys.
+
+    All copies of a name land on one side, so validation scores names never seen.
+    """
+    keys = [title_key(title) for title in titles]
+    distinct = sorted(set(keys), key=lambda key: hash_text(f"{seed}:{key}"))
+    chosen = set(distinct[: round(len(distinct) * fraction)])
+    return np.array([key in chosen for key in keys], dtype=bool)
+
+
+def score_votes(
+    similarities: np.ndarray,
+    labels: np.ndarray,
+    vote_scales: np.ndarray,
+    *,
+    k: int,
+    vote_temperature: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return each row's winning label and its vote share, as KnnClassifier votes.
+
+    `labels` contains -1 where FAISS found no neighbour.
+    """
+    similarities, labels = similarities[:, :k], labels[:, :k]
+    weights = np.exp((similarities - similarities[:, :1]) / vote_temperature)
+    weights = np.where(labels >= 0, weights * vote_scales[labels], 0.0)
+    rows = np.repeat(np.arange(len(labels)), labels.shape[1])
+    votes = sparse.csr_matrix(
+        (weights.ravel(), (rows, np.maximum(labels, 0).ravel())),
+        shape=(len(labels), len(vote_scales)),
+    )
+    winners = np.asarray(votes.argmax(axis=1)).ravel()
+    totals = np.maximum(np.asarray(votes.sum(axis=1)).ravel(), 1e-300)
+    shares = np.asarray(votes.max(axis=1).todense()).ravel() / totals
+    return winners, shares
+
+
+def search_grid(
+    classifier: KnnClassifier,
+    validation: LabelledNames,
+    *,
+    lexical_weight: float,
+    precision_target: float,
+) -> list[tuple[float, float, VoteSettings, np.ndarray, np.ndarray]]:
+    """Score every k, temperature and prior exponent for one lexical weight.
+
+    Returns (accuracy, coverage, settings, top shares, correctness) per grid point.
+    """
+    position_of = {c: i for i, (c, _) in enumerate(classifier.categories)}
+    true_labels = np.array([position_of.get(c, -1) for c in validation.category_ids])
+    neighbour_count = min(max(NEIGHBOUR_COUNTS), classifier.index.ntotal)
+    similarities, positions = classifier.search_neighbours(
+        validation.embeddings, validation.titles, neighbour_count
+    )
+    labels = np.where(positions >= 0, classifier.vector_labels[positions], -1)
+    label_counts = np.bincount(classifier.vector_labels, minlength=len(position_of))
+
+    points = []
+    for exponent in CLASS_PRIOR_EXPONENTS:
+        vote_scales = np.maximum(label_counts, 1.0) ** -exponent
+        for k in NEIGHBOUR_COUNTS:
+            for temperature in VOTE_TEMPERATURES:
+                winners, shares = score_votes(
+                    similarities, labels, vote_scales, k=k, vote_temperature=temperature
+                )
+                is_correct = winners == true_labels
+                coverage, _ = coverage_at_precision(
+                    is_correct, shares, precision_target
+                )
+                settings = VoteSettings(k, temperature, exponent, lexical_weight)
+                points.append(
+                    (is_correct.mean(), coverage, settings, shares, is_correct)
+                )
+    return points
+
+
+def build_classifier(
+    names: LabelledNames,
+    category_paths: dict[str, str],
+    settings: VoteSettings,
+    *,
+    lexical_dimension: int,
+    index_options: dict | None = None,
+) -> KnnClassifier:
+    """Build a classifier on names, fitting a lexical block when its weight is above 0.
+
+    `index_options` go to `KnnClassifier.build`: index kind, memory budget, recall target.
+    """
+    lexical_block = None
+    if settings.lexical_weight > 0:
+        lexical_block = LexicalBlock.fit(names.titles, lexical_dimension)
+    return KnnClassifier.build(
+        names.embeddings,
+        names.category_ids,
+        category_paths,
+        titles=names.titles,
+        lexical_block=lexical_block,
+        **(index_options or {}),
+        **asdict(settings),
+    )
+
+
+def tune_vote_settings(
+    names: LabelledNames,
+    category_paths: dict[str, str],
+    config: ClassifierSettings,
+    *,
+    precision_target: float,
+    seed: int,
+) -> TuningResult | None:
+    """Choose the vote settings with the best validation accuracy, then coverage.
+
+    Returns None when the validation split would hold fewer than 20 names.
+    """
+    is_validation = split_validation(names.titles, config.validation_fraction, seed)
+    if is_validation.sum() < MIN_VALIDATION_COUNT or is_validation.all():
+        return None
+    fitting, validation = names.subset(~is_validation), names.subset(is_validation)
+
+    points = []
+    classifiers = {}
+    for lexical_weight in LEXICAL_WEIGHTS:
+        probe = VoteSettings(1, 1.0, 0.0, lexical_weight)
+        classifier = build_classifier(
+            fitting,
+            category_paths,
+            probe,
+            lexical_dimension=config.lexical_dimension,
+        )
+        classifiers[lexical_weight] = classifier
+        points += search_grid(
+            classifier,
+            validation,
+            lexical_weight=lexical_weight,
+            precision_target=precision_target,
+        )
+    # Ties go to the earlier grid point: no lexical block, no prior, fewer neighbours.
+    accuracy, coverage, chosen, shares, is_correct = max(
+        points, key=lambda point: (round(point[0], 6), round(point[1], 6))
+    )
+
+    # NOTE: the calibration and threshold come from a classifier trained without the
+    # validation names, so the final classifier's scores run slightly optimistic.
+    calibration = ScoreCalibration.fit(shares, is_correct)
+    _, threshold = coverage_at_precision(
+        is_correct, calibration.apply(shares), precision_target
+    )
+    probe = classifiers[chosen.lexical_weight]
+    tuned = KnnClassifier(
+        probe.index,
+        probe.vector_labels,
+        probe.categories,
+        **asdict(chosen),
+        abstain_threshold=threshold,
+        lexical_block=probe.lexical_block,
+        calibration=calibration,
+    )
+    backoff_share = None
+    if config.back_off_to_ancestor:
+        backoff_share = choose_backoff_share(
+            tuned, validation, category_paths, precision_target=precision_target
+        )
+    return TuningResult(
+        chosen,
+        len(validation.titles),
+        accuracy,
+        coverage,
+        calibration,
+        threshold,
+        backoff_share,
+    )
+
+
+def choose_backoff_share(
+    classifier: KnnClassifier,
+    validation: LabelledNames,
+    category_paths: dict[str, str],
+    *,
+    precision_target: float,
+) -> float | None:
+    """Return the lowest back-off share whose ancestor answers reach the target.
+
+    An ancestor answer is right when it is a prefix of the true path. Returns None when
+    no share reaches the target or no validation name backs off.
+    """
+    true_paths = [category_paths.get(c, c) for c in validation.category_ids]
+    for share in BACKOFF_SHARES:
+        classifier.backoff_share = share
+        predictions = classifier.predict(
+            validation.embeddings, top_k=1, titles=validation.titles
+        )
+        answers = [
+            (p.category_path.split(PATH_SEPARATOR), true.split(PATH_SEPARATOR))
+            for p, true in zip(predictions, true_paths)
+            if p.is_abstained and p.category_path
+        ]
+        is_right = [true[: len(answer)] == answer for answer, true in answers]
+        if is_right and np.mean(is_right) >= precision_target:
+            return share
+    return None
+
+
+def fit_classifier(
+    names: LabelledNames,
+    category_paths: dict[str, str],
+    config: ClassifierSettings,
+    *,
+    precision_target: float,
+    seed: int,
+) -> tuple[KnnClassifier, TuningResult | None]:
+    """Build a store's classifier on all its training names, tuned on validation first.
+
+    Without tuning (switched off, or too few names) the configured settings are used
+    with raw vote shares as scores.
+    """
+    tuning = None
+    if config.tune_on_validation:
+        tuning = tune_vote_settings(
+            names, category_paths, config, precision_target=precision_target, seed=seed
+        )
+        if tuning is None:
+            logger.warning(
+                "Too few training names (%d) for a validation split; the configured "
+                "vote settings are used and scores stay uncalibrated",
+                len(names.titles),
+            )
+    if tuning is None:
+        settings = VoteSettings(
+            config.k,
+            config.vote_temperature,
+            config.class_prior_exponent,
+            config.lexical_weight,
+        )
+    else:
+        settings = tuning.settings
+
+    classifier = build_classifier(
+        names,
+        category_paths,
+        settings,
+        lexical_dimension=config.lexical_dimension,
+        index_options={
+            "index": config.index,
+            "memory_budget_gb": config.memory_budget_gb,
+            "recall_target": config.recall_target,
+        },
+    )
+    if tuning is not None:
+        classifier.calibration = tuning.calibration
+        classifier.abstain_threshold = tuning.abstain_threshold
+        classifier.backoff_share = tuning.backoff_share
+    if config.abstain_threshold is not None:
+        classifier.abstain_threshold = config.abstain_threshold
+    return classifier, tuning
