@@ -268,9 +268,13 @@ def main() -> None:
             logger.info("Adding %d stores one by one with mkt", timed)
             mkt_times = add_stores_with_mkt(configs[:timed])
             logger.info("Adding %d stores in bulk", arguments.stores - timed)
-            bulk = add_stores_in_bulk(configs[timed:]) if timed < len(configs) else (0, 0)
+            bulk = (
+                add_stores_in_bulk(configs[timed:]) if timed < len(configs) else (0, 0)
+            )
             idle_s, unchanged = idle_sync_seconds(configs)
-            logger.info("Creating %d stores' deployments with Prefect's deploy API", timed)
+            logger.info(
+                "Creating %d stores' deployments with Prefect's deploy API", timed
+            )
             prefect_ids = [f"prefect-{i:04d}" for i in range(timed)]
             prefect_times = deploy_with_prefect_api(prefect_ids)
         finally:

@@ -3,7 +3,6 @@
 import time
 
 import mlflow
-import numpy as np
 from prefect import flow, get_run_logger, task
 
 from mkt.catalog import load_store
