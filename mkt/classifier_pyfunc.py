@@ -52,7 +52,7 @@ class StoreClassifierModel(mlflow.pyfunc.PythonModel):
             kept_titles = [cleaned[i] for i in positions]
             embeddings = encode_titles(self._encoder, kept_titles)
             # NOTE: without the product database this model cannot apply the store's
-            # label map, so it may answer a category removed since training.
+            # label map, so it may return a category removed since training.
             found = self.classifier.predict(embeddings, top_k=top_k, titles=kept_titles)
             for position, prediction in zip(positions, found):
                 predictions[position] = prediction

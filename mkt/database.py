@@ -131,7 +131,7 @@ def _create_tables_serialised(engine: Engine) -> None:
     """Create missing tables while holding a PostgreSQL advisory lock.
 
     Two processes that both see a table missing would both run CREATE TABLE, and the
-    second fails on the catalog's unique index; the lock makes them take turns.
+    second would fail on the catalog's unique index. The lock makes them take turns.
     """
     with engine.begin() as connection:
         connection.execute(

@@ -93,7 +93,7 @@ def point_console_handlers_at_stderr() -> None:
     """Make Prefect's console handlers write to the current `sys.stderr`.
 
     Prefect binds them to the stream that was `sys.stderr` when its logging was first set
-    up; a host that swapped the stream since (a test runner, a notebook) may have closed it.
+    up. A host that swapped the stream since (a test runner, a notebook) may have closed it.
     """
     import sys
 

@@ -32,8 +32,8 @@ def fit_and_log_classifier(store_id: str) -> dict:
     train = snapshot[is_train]
     paths = dict(zip(snapshot["category_id"], snapshot["category_path"]))
     # NOTE: tuning on a validation split needs the training rows in memory (float16 from
-    # the snapshot file), so this copy grows with the store; the index itself is built
-    # in batches.
+    # the snapshot file), so this copy grows with the store. Only the index is built in
+    # batches.
     names = LabelledNames(
         embeddings[is_train], train["title"].tolist(), train["category_id"].tolist()
     )

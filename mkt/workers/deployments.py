@@ -348,8 +348,8 @@ async def sync_deployments(
             await apply_plan(client, plan, concurrency)
             break
         except ObjectAlreadyExists:
-            # The server answers 409 when a concurrent writer (another `mkt add-store`)
-            # wins a race on a row both need; reading again and replanning resolves it.
+            # The server returns 409 when a concurrent writer (another `mkt add-store`)
+            # wins a race on a row both need. Reading again and replanning resolves it.
             if attempt == CONFLICT_ATTEMPTS:
                 raise
             logger.info("Conflict with a concurrent sync; planning again (%d)", attempt)
