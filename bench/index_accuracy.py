@@ -51,9 +51,12 @@ def describe_index(index: faiss.Index) -> tuple[str, str]:
     """Return a short description of an index and its nprobe ('-' for exact search)."""
     if isinstance(index, faiss.IndexFlat):
         return "Flat", "-"
-    inverted = faiss.extract_index_ivf(index)
-    codes = "PQ" if isinstance(index, faiss.IndexIVFPQ) else "Flat"
-    return f"IVF{inverted.nlist},{codes}", str(inverted.nprobe)
+    # An OPQ rotation wraps the inverted lists in an IndexPreTransform, so the kind of
+    # codes is read from the inverted-list index itself.
+    inverted = faiss.downcast_index(faiss.extract_index_ivf(index))
+    codes = "PQ" if isinstance(inverted, faiss.IndexIVFPQ) else "Flat"
+    rotation = "OPQ," if isinstance(index, faiss.IndexPreTransform) else ""
+    return f"{rotation}IVF{inverted.nlist},{codes}", str(inverted.nprobe)
 
 
 def run_index_kind(split, train_embeddings, test_embeddings, kind: str) -> dict:
