@@ -12,7 +12,7 @@ RANK_KEEPING_SLOPE = 1e-6
 
 @dataclass(frozen=True)
 class ScoreCalibration:
-    """Isotonic map from raw vote share to the share of right answers at that score.
+    """Isotonic map from raw vote share to the precision of predictions at that score.
 
     `shares` and `precisions` are the knots of a piecewise-linear, non-decreasing map,
     fitted on validation names the classifier did not train on.

@@ -36,7 +36,7 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Prediction:
-    """The classifier's answer for one name; `category_id` is None when it abstains.
+    """Prediction of the classifier for one name. `category_id` is None when it abstains.
 
     An abstaining prediction's `category_path` names the deepest ancestor of the top
     category that reached the back-off share, or is None.

@@ -245,9 +245,9 @@ def choose_backoff_share(
     *,
     precision_target: float,
 ) -> float | None:
-    """Return the lowest back-off share whose ancestor answers reach the target.
+    """Return the lowest back-off share whose ancestor predictions reach the target.
 
-    An ancestor answer is right when it is a prefix of the true path. Returns None when
+    An ancestor prediction is correct when it is a prefix of the true path. Returns None when
     no share reaches the target or no validation name backs off.
     """
     true_paths = [category_paths.get(c, c) for c in validation.category_ids]

@@ -25,7 +25,7 @@ def classify(
 ) -> None:
     """Classify product names with the store's @champion classifier.
 
-    Categories removed from the store's tree since training are answered with their
+    Categories removed from the store's tree since training are replaced by their
     redirect target, or left out when retired.
 
     Examples:
