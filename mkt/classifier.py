@@ -18,6 +18,7 @@ from mkt.index import (
     plan_index,
     tune_nprobe,
 )
+from mkt.linear_head import LinearHead
 
 INDEX_FILE = "index.faiss"
 LABELS_FILE = "vector_labels.npy"
@@ -60,8 +61,10 @@ class KnnClassifier:
     the classifier has one (see `combine_vectors`). Each of the k nearest training names
     votes for its category with weight exp((similarity - best similarity) /
     vote_temperature) / (training names of its category) ** class_prior_exponent. A
-    category's raw score is its share of the votes, mapped by the calibration when the
-    classifier has one.
+    category's raw score is its share of the votes. With a linear head and a
+    linear_weight w above 0, the raw score is (1 - w) x vote share + w x the head's
+    softmax probability. The calibration, when the classifier has one, maps the raw score
+    of the top category to the score it reports.
     """
 
     def __init__(
@@ -78,6 +81,9 @@ class KnnClassifier:
         lexical_block: LexicalBlock | None = None,
         calibration: ScoreCalibration | None = None,
         backoff_share: float | None = None,
+        linear_head: LinearHead | None = None,
+        linear_weight: float = 0.0,
+        linear_scale: float = 10.0,
     ) -> None:
         if index.ntotal != len(vector_labels):
             raise ValueError(
@@ -94,6 +100,9 @@ class KnnClassifier:
         self.lexical_block = lexical_block
         self.calibration = calibration
         self.backoff_share = backoff_share
+        self.linear_head = linear_head
+        self.linear_weight = linear_weight
+        self.linear_scale = linear_scale
         label_counts = np.bincount(self.vector_labels, minlength=len(categories))
         self.vote_scales = np.maximum(label_counts, 1.0) ** -class_prior_exponent
 
@@ -227,13 +236,43 @@ class KnnClassifier:
         similarities, positions = self.search_neighbours(
             embeddings, titles, neighbour_count
         )
+        linear = self.linear_probabilities(embeddings, titles)
         return [
-            self._vote(row_similarities, row_positions, top_k)
-            for row_similarities, row_positions in zip(similarities, positions)
+            self._vote(
+                row_similarities,
+                row_positions,
+                top_k,
+                None if linear is None else linear[row],
+            )
+            for row, (row_similarities, row_positions) in enumerate(
+                zip(similarities, positions)
+            )
         ]
 
+    def linear_probabilities(
+        self, embeddings: np.ndarray, titles: Sequence[str] | None
+    ) -> np.ndarray | None:
+        """Return the linear head's probabilities per name, or None when it is not used.
+
+        Raises:
+            ValueError: if the head is used and the titles are missing or do not match.
+        """
+        if self.linear_head is None or self.linear_weight <= 0:
+            return None
+        if titles is None or len(titles) != len(embeddings):
+            title_count = "no" if titles is None else len(titles)
+            raise ValueError(
+                f"this classifier has a linear head, so it needs one title per "
+                f"embedding row: got {title_count} titles for {len(embeddings)} rows"
+            )
+        return self.linear_head.probabilities(titles, embeddings, self.linear_scale)
+
     def _vote(
-        self, similarities: np.ndarray, positions: np.ndarray, top_k: int
+        self,
+        similarities: np.ndarray,
+        positions: np.ndarray,
+        top_k: int,
+        linear: np.ndarray | None = None,
     ) -> Prediction:
         # Drop FAISS's -1 padding before the label lookup, since -1 would silently pick
         # the last label.
@@ -249,10 +288,13 @@ class KnnClassifier:
         for label, weight in zip(labels, weights):
             votes[int(label)] = votes.get(int(label), 0.0) + float(weight)
         total = sum(votes.values())
-        ranked = sorted(votes.items(), key=lambda item: (-item[1], item[0]))[
-            : max(1, top_k)
-        ]
-        shares = np.array([vote / total for _, vote in ranked])
+        if linear is None:
+            ranked = sorted(votes.items(), key=lambda item: (-item[1], item[0]))[
+                : max(1, top_k)
+            ]
+            shares = np.array([vote / total for _, vote in ranked])
+        else:
+            ranked, shares = self._blend(votes, total, linear, top_k)
         if self.calibration is not None:
             shares = self.calibration.apply(shares)
         candidates = [
@@ -267,6 +309,18 @@ class KnnClassifier:
             ancestor_path = self._back_off(votes, total, ranked[0][0])
             return Prediction(None, ancestor_path, best.score, candidates)
         return Prediction(best.category_id, best.category_path, best.score, candidates)
+
+    def _blend(
+        self, votes: dict[int, float], total: float, linear: np.ndarray, top_k: int
+    ) -> tuple[list[tuple[int, float]], np.ndarray]:
+        """Return the top labels of the blended score with their scores."""
+        blended = self.linear_weight * linear.astype(np.float64)
+        for label, vote in votes.items():
+            blended[label] += (1.0 - self.linear_weight) * vote / total
+        count = min(max(1, top_k), len(blended))
+        top = np.argpartition(-blended, count - 1)[:count]
+        top = top[np.lexsort((top, -blended[top]))]
+        return [(int(label), float(blended[label])) for label in top], blended[top]
 
     def _back_off(
         self, votes: dict[int, float], total: float, best_label: int
@@ -299,6 +353,8 @@ class KnnClassifier:
         np.save(folder / LABELS_FILE, self.vector_labels)
         if self.lexical_block is not None:
             self.lexical_block.save(folder)
+        if self.linear_head is not None:
+            self.linear_head.save(folder)
         document = {
             "categories": self.categories,
             "k": self.k,
@@ -307,6 +363,8 @@ class KnnClassifier:
             "class_prior_exponent": self.class_prior_exponent,
             "lexical_weight": self.lexical_weight,
             "backoff_share": self.backoff_share,
+            "linear_weight": self.linear_weight,
+            "linear_scale": self.linear_scale,
             "calibration": None
             if self.calibration is None
             else self.calibration.to_dict(),
@@ -317,7 +375,8 @@ class KnnClassifier:
     def load(cls, folder: Path) -> "KnnClassifier":
         """Read a classifier written by `save`.
 
-        Folders written before the lexical block and calibration existed load without them.
+        Folders written before the lexical block, calibration and linear head existed load
+        without them.
         """
         document = json.loads((folder / CATEGORIES_FILE).read_text())
         calibration = document.get("calibration")
@@ -332,6 +391,9 @@ class KnnClassifier:
             lexical_weight=document.get("lexical_weight", 0.0),
             backoff_share=document.get("backoff_share"),
             lexical_block=LexicalBlock.load(folder),
+            linear_head=LinearHead.load(folder),
+            linear_weight=document.get("linear_weight", 0.0),
+            linear_scale=document.get("linear_scale", 10.0),
             calibration=None
             if calibration is None
             else ScoreCalibration.from_dict(calibration),

@@ -1,8 +1,9 @@
 """Per-store choice of the vote settings and score calibration on a validation split."""
 
 import logging
+import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from scipy import sparse
@@ -11,6 +12,7 @@ from mkt.calibration import ScoreCalibration
 from mkt.classifier import PATH_SEPARATOR, KnnClassifier
 from mkt.evaluation import coverage_at_precision
 from mkt.features import LexicalBlock
+from mkt.linear_head import LinearHead, fit_size_problem, softmax
 from mkt.stores.config import ClassifierSettings
 from mkt.titles import hash_text, title_key
 
@@ -21,6 +23,11 @@ VOTE_TEMPERATURES = (0.02, 0.05, 0.1, 0.2)
 CLASS_PRIOR_EXPONENTS = (0.0, 0.5)
 LEXICAL_WEIGHTS = (0.0, 0.3, 0.5)
 BACKOFF_SHARES = (0.8, 0.9, 0.95)
+LINEAR_WEIGHTS = (0.25, 0.5, 0.75)
+LINEAR_SCALES = (5.0, 10.0, 20.0)
+# The kNN grid points, best first, that are tried again blended with the linear head.
+BLENDED_POINT_COUNT = 4
+BLEND_CHUNK_ROWS = 4096
 MIN_VALIDATION_COUNT = 20
 
 
@@ -32,6 +39,8 @@ class VoteSettings:
     vote_temperature: float
     class_prior_exponent: float
     lexical_weight: float
+    linear_weight: float = 0.0
+    linear_scale: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -76,15 +85,15 @@ def split_validation(titles: Sequence[str], fraction: float, seed: int) -> np.nd
     return np.array([key in chosen for key in keys], dtype=bool)
 
 
-def score_votes(
+def vote_shares(
     similarities: np.ndarray,
     labels: np.ndarray,
     vote_scales: np.ndarray,
     *,
     k: int,
     vote_temperature: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Return each row's winning label and its vote share, as KnnClassifier votes.
+) -> sparse.csr_matrix:
+    """Return each row's vote share per label, as KnnClassifier votes, one row per name.
 
     `labels` contains -1 where FAISS found no neighbour.
     """
@@ -96,10 +105,24 @@ def score_votes(
         (weights.ravel(), (rows, np.maximum(labels, 0).ravel())),
         shape=(len(labels), len(vote_scales)),
     )
-    winners = np.asarray(votes.argmax(axis=1)).ravel()
     totals = np.maximum(np.asarray(votes.sum(axis=1)).ravel(), 1e-300)
-    shares = np.asarray(votes.max(axis=1).todense()).ravel() / totals
-    return winners, shares
+    return sparse.csr_matrix(sparse.diags(1.0 / totals) @ votes)
+
+
+def score_votes(
+    similarities: np.ndarray,
+    labels: np.ndarray,
+    vote_scales: np.ndarray,
+    *,
+    k: int,
+    vote_temperature: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return each row's winning label and its vote share, as KnnClassifier votes."""
+    shares = vote_shares(
+        similarities, labels, vote_scales, k=k, vote_temperature=vote_temperature
+    )
+    winners = np.asarray(shares.argmax(axis=1)).ravel()
+    return winners, np.asarray(shares.max(axis=1).todense()).ravel()
 
 
 def search_grid(
@@ -141,22 +164,134 @@ def search_grid(
     return points
 
 
+def search_blends(
+    classifiers: dict[float, KnnClassifier],
+    head: LinearHead,
+    knn_points: list[VoteSettings],
+    validation: LabelledNames,
+    *,
+    precision_target: float,
+) -> list[tuple[float, float, VoteSettings, np.ndarray, np.ndarray]]:
+    """Score each kNN grid point blended with the head, for every linear weight and scale.
+
+    Returns (accuracy, coverage, settings, top scores, correctness) per combination. The
+    head's decision values are computed in chunks of rows, so memory stays bounded by
+    the chunk times the number of categories.
+    """
+    reference = next(iter(classifiers.values()))
+    position_of = {c: i for i, (c, _) in enumerate(reference.categories)}
+    true_labels = np.array([position_of.get(c, -1) for c in validation.category_ids])
+    neighbour_count = min(max(point.k for point in knn_points), reference.index.ntotal)
+    neighbours = {}
+    for lexical_weight in {point.lexical_weight for point in knn_points}:
+        classifier = classifiers[lexical_weight]
+        similarities, positions = classifier.search_neighbours(
+            validation.embeddings, validation.titles, neighbour_count
+        )
+        labels = np.where(positions >= 0, classifier.vector_labels[positions], -1)
+        neighbours[lexical_weight] = (similarities, labels)
+    label_counts = np.bincount(reference.vector_labels, minlength=len(position_of))
+    votes = {
+        point: vote_shares(
+            *neighbours[point.lexical_weight],
+            np.maximum(label_counts, 1.0) ** -point.class_prior_exponent,
+            k=point.k,
+            vote_temperature=point.vote_temperature,
+        )
+        for point in knn_points
+    }
+
+    combinations = [
+        replace(point, linear_weight=weight, linear_scale=scale)
+        for point in knn_points
+        for weight in LINEAR_WEIGHTS
+        for scale in LINEAR_SCALES
+    ]
+    winners = {c: np.empty(len(true_labels), dtype=np.int64) for c in combinations}
+    tops = {c: np.empty(len(true_labels)) for c in combinations}
+    for start in range(0, len(true_labels), BLEND_CHUNK_ROWS):
+        rows = slice(start, start + BLEND_CHUNK_ROWS)
+        decision = head.decision(
+            validation.titles[rows], np.asarray(validation.embeddings[rows])
+        )
+        for scale in LINEAR_SCALES:
+            linear = softmax(decision, scale)
+            for point in knn_points:
+                shares = votes[point][rows].toarray()
+                for weight in LINEAR_WEIGHTS:
+                    blended = weight * linear + (1.0 - weight) * shares
+                    combination = replace(
+                        point, linear_weight=weight, linear_scale=scale
+                    )
+                    best = blended.argmax(axis=1)
+                    winners[combination][rows] = best
+                    tops[combination][rows] = blended[np.arange(len(best)), best]
+
+    points = []
+    for combination in combinations:
+        is_correct = winners[combination] == true_labels
+        coverage, _ = coverage_at_precision(
+            is_correct, tops[combination], precision_target
+        )
+        points.append(
+            (is_correct.mean(), coverage, combination, tops[combination], is_correct)
+        )
+    return points
+
+
+def fit_linear_head(
+    names: LabelledNames,
+    classifier: KnnClassifier,
+    budget_mb: float,
+) -> LinearHead | None:
+    """Fit a linear head on the names a classifier was built on, when its size allows.
+
+    Returns None, with the reason logged, when the store is too large for one.
+    """
+    problem = fit_size_problem(
+        len(names.titles),
+        len(classifier.categories),
+        classifier.dimension,
+        budget_mb,
+    )
+    if problem is not None:
+        logger.warning("No linear head: %s", problem)
+        return None
+    started = time.perf_counter()
+    position_of = {c: i for i, (c, _) in enumerate(classifier.categories)}
+    head = LinearHead.fit(
+        names.titles,
+        np.asarray(names.embeddings, dtype=np.float32),
+        np.array([position_of[c] for c in names.category_ids]),
+        len(classifier.categories),
+    )
+    logger.info(
+        "Linear head fitted on %d names in %d categories in %.1f s",
+        len(names.titles),
+        len(classifier.categories),
+        time.perf_counter() - started,
+    )
+    return head
+
+
 def build_classifier(
     names: LabelledNames,
     category_paths: dict[str, str],
     settings: VoteSettings,
     *,
     lexical_dimension: int,
+    linear_head_budget_mb: float = 512.0,
     index_options: dict | None = None,
 ) -> KnnClassifier:
-    """Build a classifier on names, fitting a lexical block when its weight is above 0.
+    """Build a classifier on names, with a lexical block and a linear head when weighted.
 
     `index_options` go to `KnnClassifier.build`: index kind, memory budget, recall target.
+    A head that the store is too large for is left out, and the vote alone scores.
     """
     lexical_block = None
     if settings.lexical_weight > 0:
         lexical_block = LexicalBlock.fit(names.titles, lexical_dimension)
-    return KnnClassifier.build(
+    classifier = KnnClassifier.build(
         names.embeddings,
         names.category_ids,
         category_paths,
@@ -165,6 +300,13 @@ def build_classifier(
         **(index_options or {}),
         **asdict(settings),
     )
+    if settings.linear_weight > 0:
+        classifier.linear_head = fit_linear_head(
+            names, classifier, linear_head_budget_mb
+        )
+        if classifier.linear_head is None:
+            classifier.linear_weight = 0.0
+    return classifier
 
 
 def tune_vote_settings(
@@ -201,9 +343,30 @@ def tune_vote_settings(
             lexical_weight=lexical_weight,
             precision_target=precision_target,
         )
-    # Ties go to the earlier grid point: no lexical block, no prior, fewer neighbours.
-    accuracy, coverage, chosen, shares, is_correct = max(
-        points, key=lambda point: (round(point[0], 6), round(point[1], 6))
+    # Ties go to the earlier grid point: no lexical block, no prior, fewer neighbours,
+    # and no linear head.
+    ranked = sorted(points, key=point_rank, reverse=True)
+    head = None
+    if config.linear_head:
+        head = fit_linear_head(fitting, classifiers[0.0], config.linear_head_budget_mb)
+    if head is not None:
+        blends = search_blends(
+            classifiers,
+            head,
+            [point[2] for point in ranked[:BLENDED_POINT_COUNT]],
+            validation,
+            precision_target=precision_target,
+        )
+        ranked = sorted(ranked + blends, key=point_rank, reverse=True)
+    accuracy, coverage, chosen, shares, is_correct = ranked[0]
+    logger.info(
+        "Settings chosen on %d validation names: %s (accuracy %.3f, coverage %.3f at "
+        "precision %.2f)",
+        len(validation.titles),
+        chosen,
+        accuracy,
+        coverage,
+        precision_target,
     )
 
     # NOTE: the calibration and threshold come from a classifier trained without the
@@ -221,6 +384,7 @@ def tune_vote_settings(
         abstain_threshold=threshold,
         lexical_block=probe.lexical_block,
         calibration=calibration,
+        linear_head=head,
     )
     backoff_share = None
     if config.back_off_to_ancestor:
@@ -236,6 +400,11 @@ def tune_vote_settings(
         threshold,
         backoff_share,
     )
+
+
+def point_rank(point: tuple) -> tuple[float, float]:
+    """Rank a grid point by validation accuracy, then coverage, ignoring float noise."""
+    return round(point[0], 6), round(point[1], 6)
 
 
 def choose_backoff_share(
@@ -297,6 +466,8 @@ def fit_classifier(
             config.vote_temperature,
             config.class_prior_exponent,
             config.lexical_weight,
+            config.linear_weight,
+            config.linear_scale,
         )
     else:
         settings = tuning.settings
@@ -306,6 +477,7 @@ def fit_classifier(
         category_paths,
         settings,
         lexical_dimension=config.lexical_dimension,
+        linear_head_budget_mb=config.linear_head_budget_mb,
         index_options={
             "index": config.index,
             "memory_budget_gb": config.memory_budget_gb,

@@ -103,6 +103,8 @@ def test_fit_classifier_tunes_and_calibrates_on_validation(sample_names):
     assert tuning.validation_accuracy > 0.8
     assert classifier.k == tuning.settings.k
     assert classifier.lexical_weight == tuning.settings.lexical_weight
+    assert classifier.linear_weight == tuning.settings.linear_weight
+    assert (classifier.linear_head is not None) == (tuning.settings.linear_weight > 0)
     assert classifier.calibration == tuning.calibration
     assert classifier.abstain_threshold == tuning.abstain_threshold
     assert 0.0 < classifier.abstain_threshold <= 1.0
@@ -122,6 +124,7 @@ def test_fit_classifier_keeps_configured_settings_without_tuning(sample_names):
 
     assert tuning is None
     assert classifier.k == 7
+    assert classifier.linear_head is None
     assert classifier.lexical_block is not None
     assert classifier.calibration is None
     assert classifier.abstain_threshold == 0.4

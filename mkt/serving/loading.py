@@ -148,7 +148,7 @@ class RegistryReader:
 
 
 def estimate_classifier_bytes(classifier: KnnClassifier) -> int:
-    """Estimate the memory of a classifier: index, vector labels, categories, lexical block."""
+    """Estimate the memory of a classifier: index, labels, categories, lexical block, head."""
     index = classifier.index
     code_size = getattr(index, "code_size", None)
     if code_size:
@@ -162,8 +162,15 @@ def estimate_classifier_bytes(classifier: KnnClassifier) -> int:
     lexical_bytes = 0
     if classifier.lexical_block is not None:
         lexical_bytes = classifier.lexical_block.estimate_bytes()
+    head_bytes = 0
+    if classifier.linear_head is not None:
+        head_bytes = classifier.linear_head.estimate_bytes()
     return int(
-        index_bytes + classifier.vector_labels.nbytes + category_bytes + lexical_bytes
+        index_bytes
+        + classifier.vector_labels.nbytes
+        + category_bytes
+        + lexical_bytes
+        + head_bytes
     )
 
 

@@ -94,12 +94,41 @@ class ClassifierSettings(StrictModel):
     lexical_dimension: int = Field(
         default=384, ge=1, le=4096, description="Columns of the lexical block."
     )
+    linear_weight: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description=(
+            "Weight of the linear head's probabilities against the vote shares in each "
+            "category's score; 0 uses the vote alone."
+        ),
+    )
+    linear_scale: float = Field(
+        default=10.0,
+        gt=0,
+        description="Multiplier of the linear head's decision values before the softmax.",
+    )
+    linear_head: bool = Field(
+        default=True,
+        description=(
+            "With tuning, try a linear head (LinearSVC over n-grams and the embedding) "
+            "blended with the vote, and keep it when it wins on validation."
+        ),
+    )
+    linear_head_budget_mb: float = Field(
+        default=512.0,
+        gt=0,
+        description=(
+            "Largest memory of the linear head's weights, in MB; a larger store "
+            "trains without a head."
+        ),
+    )
     tune_on_validation: bool = Field(
         default=True,
         description=(
-            "Choose k, temperature, prior exponent and lexical weight on a validation "
-            "split of the training names, overriding the values above, and calibrate "
-            "the scores there."
+            "Choose k, temperature, prior exponent, lexical weight and the linear "
+            "head's weight and scale on a validation split of the training names, "
+            "overriding the values above, and calibrate the scores there."
         ),
     )
     back_off_to_ancestor: bool = Field(
