@@ -26,6 +26,9 @@ class MethodResult:
     train_s: float
     predict_s: float
     uses_embeddings: bool
+    # The ancestor path each abstaining name backs off to, or None; None for methods
+    # without back-off.
+    ancestor_paths: list[str | None] | None = None
 
 
 def run_knn(
@@ -98,8 +101,15 @@ def run_tuned_knn(
     top = [prediction.candidates[0] for prediction in predictions]
     predicted_ids = np.array([candidate.category_id for candidate in top])
     scores = np.array([candidate.score for candidate in top])
+    ancestor_paths = [p.category_path if p.is_abstained else None for p in predictions]
     result = MethodResult(
-        "mkt kNN (tuned)", predicted_ids, scores, train_s, predict_s, True
+        "mkt kNN (tuned)",
+        predicted_ids,
+        scores,
+        train_s,
+        predict_s,
+        True,
+        ancestor_paths,
     )
     return result, tuning
 
