@@ -212,8 +212,8 @@ def score_result(
     category_paths = dict(zip(split.train["category_id"], split.train["category_path"]))
     true_paths = split.test["category_path"].tolist()
     is_unseen = ~split.test["key"].isin(set(split.train["key"])).to_numpy()
-    # Every figure here counts the top leaf category; describe_tuning scores the
-    # ancestor answers of abstaining names.
+    # Every figure here counts the top leaf category. describe_tuning scores the
+    # ancestor predictions of abstaining names.
     predicted_ids = result.predicted_ids
     is_correct = predicted_ids == true_ids
     coverage, _ = coverage_at_precision(is_correct, result.scores, PRECISION_TARGET)
@@ -292,7 +292,7 @@ def describe_tuning(
 ) -> dict:
     """Return the settings chosen on validation and how they held on test.
 
-    An ancestor answer is right when it is a prefix of the true category path.
+    An ancestor prediction is right when it is a prefix of the true category path.
     """
     if tuning is None:
         return {key: None for _, key, _ in TUNING_COLUMNS} | {"dataset": dataset}
