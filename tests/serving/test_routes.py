@@ -7,7 +7,7 @@ import faiss
 from mkt.serving.routes import SEARCH_THREAD_COUNT, limit_search_threads
 
 
-def test_limit_search_threads_applies_to_calling_thread():
+def test_search_threads_set_per_thread():
     seen: dict[str, int] = {}
 
     def search_thread() -> None:
