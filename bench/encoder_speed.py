@@ -7,10 +7,11 @@ Times the int8 ONNX encoder on requests of new PriceRunner names, the shape of o
   ONNX Runtime's transformer optimizer (`onnxruntime.transformers.optimizer`, model type
   bert) and then quantized to int8 the same way;
 - intra-op threads (1 or 2) and whether idle intra-op threads spin;
-- run size: how many length-sorted names go into one ONNX Runtime run, each padded to
-  the longest name of its run.
+- batch size: how many names `OnnxEncoder.encode` puts into one ONNX Runtime run after
+  sorting a request's names by length; each run is padded to its longest name.
 
-Each variant reports the mean milliseconds per request (tokenizer, padding, ONNX Runtime
+Each variant runs through `OnnxEncoder.encode` with the variant's session in place of
+its own. It reports the mean milliseconds per request (tokenizer, padding, ONNX Runtime
 and normalisation), names/s and the cosine between its embeddings and those of the
 baseline: mkt's int8 export, spinning threads, one run per request. It also reports the
 share of the machine's CPU that other processes used while it measured. The report goes
@@ -33,13 +34,8 @@ import onnxruntime
 
 from bench.report import Column, describe_machine, render_table
 from bench.serve import load_names, machine_cpu_s
-from mkt.encoders import EncoderSpec
-from mkt.encoders.onnx_backend import (
-    MODEL_FILE,
-    SPINNING_CONFIG_KEY,
-    ensure_export,
-    plan_runs,
-)
+from mkt.encoders import EncoderSpec, load_encoder
+from mkt.encoders.onnx_backend import MODEL_FILE, SPINNING_CONFIG_KEY, ensure_export
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +49,7 @@ RESULT_COLUMNS: list[Column] = [
     ("Export", "export", ""),
     ("Threads", "thread_count", ""),
     ("Spinning", "spinning", ""),
-    ("Names per run", "run_size", ""),
+    ("Batch size", "batch_size", ""),
     ("ms per request", "request_ms", ".1f"),
     ("Names/s", "names_per_s", ",.0f"),
     ("Min cosine to baseline", "min_cosine", ".4f"),
@@ -63,20 +59,20 @@ RESULT_COLUMNS: list[Column] = [
 
 @dataclass(frozen=True)
 class Variant:
-    """One way to run the encoder: which export, session options and run size."""
+    """One way to run the encoder: which export, session options and batch size."""
 
     export: str
     thread_count: int
     is_spinning: bool
-    run_size: int
+    batch_size: int
 
 
-def build_variants(batch_size: int) -> list[Variant]:
+def build_variants(request_size: int) -> list[Variant]:
     """Return the baseline first, then one change at a time, then the combinations."""
-    variants = [Variant(MKT_EXPORT, 2, True, batch_size)]
-    variants += [Variant(OPTIMIZED_EXPORT, 2, True, batch_size)]
-    variants += [Variant(MKT_EXPORT, 2, False, batch_size)]
-    variants += [Variant(MKT_EXPORT, 1, True, batch_size)]
+    variants = [Variant(MKT_EXPORT, 2, True, request_size)]
+    variants += [Variant(OPTIMIZED_EXPORT, 2, True, request_size)]
+    variants += [Variant(MKT_EXPORT, 2, False, request_size)]
+    variants += [Variant(MKT_EXPORT, 1, True, request_size)]
     variants += [Variant(MKT_EXPORT, 2, True, size) for size in (32, 16, 8)]
     variants += [Variant(MKT_EXPORT, 2, False, size) for size in (16, 8)]
     variants += [Variant(MKT_EXPORT, 1, False, 16)]
@@ -120,60 +116,39 @@ def open_session(path: Path, variant: Variant) -> onnxruntime.InferenceSession:
     )
 
 
-def encode_request(session, tokenizer, names: list[str], run_size: int) -> np.ndarray:
-    """Encode one request's names in length-sorted runs into unit rows in input order."""
-    tokens = tokenizer(names, truncation=True, max_length=256)
-    input_names = [item.name for item in session.get_inputs()]
-    embeddings = np.empty((len(names), MINILM_HIDDEN_SIZE), dtype=np.float32)
-    token_counts = [len(ids) for ids in tokens["input_ids"]]
-    for positions in plan_runs(token_counts, run_size):
-        run = {name: [tokens[name][i] for i in positions] for name in input_names}
-        padded = tokenizer.pad(run, return_tensors="np")
-        feeds = {name: padded[name].astype(np.int64) for name in input_names}
-        (vectors,) = session.run(None, feeds)
-        embeddings[positions] = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    return embeddings
-
-
-def measure_variant(session, tokenizer, requests: list[list[str]], run_size: int):
+def measure_variant(encoder, requests: list[list[str]], batch_size: int):
     """Return the embeddings of all requests and the mean seconds per request."""
-    encode_request(session, tokenizer, requests[0], run_size)
+    encoder.encode(requests[0], batch_size=batch_size)
     started = time.perf_counter()
-    embeddings = [
-        encode_request(session, tokenizer, names, run_size) for names in requests
-    ]
+    embeddings = [encoder.encode(names, batch_size=batch_size) for names in requests]
     return np.concatenate(embeddings), (time.perf_counter() - started) / len(requests)
 
 
 def measure(args: argparse.Namespace, scratch: Path) -> dict:
     """Build both exports and time every variant on the same requests."""
-    from transformers import AutoTokenizer
-
-    int8_folder = ensure_export(EncoderSpec("onnx-int8", MODEL_NAME), scratch)
+    encoder = load_encoder(f"onnx-int8:{MODEL_NAME}", scratch)
     fp32_folder = ensure_export(EncoderSpec("onnx", MODEL_NAME), scratch)
     paths = {
-        MKT_EXPORT: int8_folder / MODEL_FILE,
+        MKT_EXPORT: ensure_export(EncoderSpec("onnx-int8", MODEL_NAME), scratch)
+        / MODEL_FILE,
         OPTIMIZED_EXPORT: write_optimized_export(fp32_folder, scratch),
     }
-    tokenizer = AutoTokenizer.from_pretrained(str(int8_folder))
     names = load_names(args.seed)
     requests = [
-        names[start : start + args.batch_size]
-        for start in range(0, args.requests * args.batch_size, args.batch_size)
+        names[start : start + args.request_size]
+        for start in range(0, args.requests * args.request_size, args.request_size)
     ]
 
     rows = []
     baseline = None
     busy_before, total_before = machine_cpu_s()
     own_before = time.process_time()
-    for variant in build_variants(args.batch_size):
-        session = open_session(paths[variant.export], variant)
-        embeddings, request_s = measure_variant(
-            session, tokenizer, requests, variant.run_size
-        )
+    for variant in build_variants(args.request_size):
+        encoder.session = open_session(paths[variant.export], variant)
+        embeddings, request_s = measure_variant(encoder, requests, variant.batch_size)
         baseline = embeddings if baseline is None else baseline
         cosines = np.sum(embeddings * baseline, axis=1)
-        rows.append(row_of(variant, request_s, cosines, args.batch_size))
+        rows.append(row_of(variant, request_s, cosines, args.request_size))
         logger.info("%s: %.1f ms per request", variant, request_s * 1000)
     busy_after, total_after = machine_cpu_s()
     own_s = time.process_time() - own_before
@@ -183,15 +158,15 @@ def measure(args: argparse.Namespace, scratch: Path) -> dict:
     return {"rows": rows, "others_cpu_share": others_share}
 
 
-def row_of(variant: Variant, request_s: float, cosines, batch_size: int) -> dict:
+def row_of(variant: Variant, request_s: float, cosines, request_size: int) -> dict:
     """Return one table row of a variant's figures."""
     return {
         "export": variant.export,
         "thread_count": variant.thread_count,
         "spinning": "on" if variant.is_spinning else "off",
-        "run_size": variant.run_size,
+        "batch_size": variant.batch_size,
         "request_ms": request_s * 1000,
-        "names_per_s": batch_size / request_s,
+        "names_per_s": request_size / request_s,
         "min_cosine": float(cosines.min()),
         "mean_cosine": float(cosines.mean()),
     }
@@ -206,7 +181,7 @@ def render_report(args: argparse.Namespace, figures: dict) -> str:
         f"- CPU capacity used by other processes while measuring: "
         f"{figures['others_cpu_share']:.0%}",
         "",
-        f"### Results ({args.requests} requests of {args.batch_size} new names)",
+        f"### Results ({args.requests} requests of {args.request_size} new names)",
         "",
         render_table(RESULT_COLUMNS, figures["rows"], 4),
     ]
@@ -219,7 +194,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--requests", type=int, default=20, help="Requests timed per variant."
     )
-    parser.add_argument("--batch-size", type=int, default=64, help="Names per request.")
+    parser.add_argument(
+        "--request-size", type=int, default=64, help="Names per request."
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--output", type=Path, help="Also write the report here.")
     return parser.parse_args(argv)

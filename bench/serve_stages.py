@@ -51,7 +51,9 @@ def load_champion(home: Path):
     return reader.load_version(STORE_ID, version)
 
 
-def time_request(loaded, encoder, raw_names: list[str]) -> dict[str, float]:
+def time_request(
+    loaded, encoder, raw_names: list[str], batch_size: int
+) -> dict[str, float]:
     """Run one request's names through every stage and time each stage in seconds."""
     from mkt.classifier import join_lexical_block
     from mkt.embeddings import encode_titles
@@ -63,7 +65,7 @@ def time_request(loaded, encoder, raw_names: list[str]) -> dict[str, float]:
     marks = [time.perf_counter()]
     names = [clean_title(name) for name in raw_names]
     marks.append(time.perf_counter())
-    embeddings = encode_titles(encoder, names, batch_size=len(names))
+    embeddings = encode_titles(encoder, names, batch_size=batch_size)
     marks.append(time.perf_counter())
     vectors = join_lexical_block(
         embeddings, names, classifier.lexical_block, classifier.lexical_weight
@@ -91,8 +93,10 @@ def time_request(loaded, encoder, raw_names: list[str]) -> dict[str, float]:
 def measure(args: argparse.Namespace) -> dict:
     """Load the served classifier and time every stage over the requests."""
     from mkt.encoders import load_encoder
+    from mkt.serving.settings import ServingSettings
 
     loaded = load_champion(args.home)
+    batch_size = ServingSettings().serve_embedding_batch_size
     encoder = load_encoder(loaded.embedding_model)
     faiss.omp_set_num_threads(1)
     names = load_names(args.seed)
@@ -100,11 +104,11 @@ def measure(args: argparse.Namespace) -> dict:
         names[start : start + args.batch_size]
         for start in range(0, (args.requests + 1) * args.batch_size, args.batch_size)
     ]
-    time_request(loaded, encoder, requests.pop())
+    time_request(loaded, encoder, requests.pop(), batch_size)
 
     busy_before, total_before = machine_cpu_s()
     own_before = time.process_time()
-    timings = [time_request(loaded, encoder, names) for names in requests]
+    timings = [time_request(loaded, encoder, names, batch_size) for names in requests]
     busy_after, total_after = machine_cpu_s()
     own_s = time.process_time() - own_before
     means = {stage: float(np.mean([t[stage] for t in timings])) for stage in STAGES}
@@ -117,6 +121,7 @@ def measure(args: argparse.Namespace) -> dict:
     return {
         "rows": rows,
         "embedding_model": loaded.embedding_model,
+        "batch_size": batch_size,
         "names_per_s": args.batch_size / total_s,
         "others_cpu_share": max(busy_after - busy_before - own_s, 0.0)
         / (total_after - total_before),
@@ -133,7 +138,7 @@ def render_report(args: argparse.Namespace, figures: dict) -> str:
         f"{figures['others_cpu_share']:.0%}",
         "",
         f"### Stages ({args.requests} requests of {args.batch_size} new names, "
-        f"{figures['embedding_model']})",
+        f"{figures['embedding_model']}, encoded in batches of {figures['batch_size']})",
         "",
         render_table(RESULT_COLUMNS, figures["rows"], 1),
         "",

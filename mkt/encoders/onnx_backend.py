@@ -32,10 +32,6 @@ METADATA_FILE = "encoder.json"
 # Opset 17 is the first with a LayerNormalization operator, so each layer norm of the
 # transformer stays one node instead of a chain of arithmetic.
 OPSET_VERSION = 17
-# Maximum names per ONNX Runtime run. A run pads every name to its longest one. On the
-# PriceRunner sample, 64 names of mixed lengths in one run come to about twice their real
-# tokens, and runs of 16 length-sorted names pad little (see bench/encoder_speed.py).
-RUN_NAME_COUNT = 16
 SPINNING_CONFIG_KEY = "session.intra_op.allow_spinning"
 
 
@@ -189,16 +185,6 @@ def build_export_module(model, input_names: list[str]):
     return SentencePipeline().eval()
 
 
-def plan_runs(token_counts: Sequence[int], run_size: int) -> list[np.ndarray]:
-    """Split name positions into runs of at most `run_size`, longest names first.
-
-    Sorting by token count puts names of similar lengths in one run, as
-    sentence-transformers does, so each run pads little.
-    """
-    order = np.argsort([-count for count in token_counts], kind="stable")
-    return [order[start : start + run_size] for start in range(0, len(order), run_size)]
-
-
 class OnnxEncoder:
     """Encode names with an ONNX export of a sentence-transformers model."""
 
@@ -228,36 +214,29 @@ class OnnxEncoder:
         logger.info("Encoder %r loaded from %s", self.identity, folder)
 
     def encode(self, names: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
-        """Return one L2-normalised float32 row per name.
-
-        Names go to ONNX Runtime in runs of at most `batch_size` and `RUN_NAME_COUNT`
-        names of similar token counts, so that little padding is computed.
-        """
-        # NOTE: int8 dynamic quantization scales each run by its own activation range, so
-        # an int8 vector moves slightly with the names that share its run.
+        """Return one L2-normalised float32 row per name."""
+        # NOTE: int8 dynamic quantization scales each batch by its own activation range,
+        # so an int8 vector moves slightly with the names that share its batch.
         embeddings = np.empty((len(names), self.dimension), dtype=np.float32)
-        if not names:
-            return embeddings
-        tokens = self._tokenize(names)
-        token_counts = [len(ids) for ids in tokens["input_ids"]]
-        for positions in plan_runs(token_counts, min(batch_size, RUN_NAME_COUNT)):
-            run_tokens = {name: [tokens[name][i] for i in positions] for name in tokens}
-            embeddings[positions] = self._run(run_tokens)
+        # Batches of similar lengths need less padding, as in sentence-transformers.
+        order = np.argsort([-len(name) for name in names], kind="stable")
+        for start in range(0, len(names), batch_size):
+            positions = order[start : start + batch_size]
+            embeddings[positions] = self._encode_batch([names[i] for i in positions])
         return embeddings
 
-    def _tokenize(self, names: Sequence[str]) -> dict[str, list[list[int]]]:
+    def _encode_batch(self, names: list[str]) -> np.ndarray:
         # A fast tokenizer sets its padding and truncation on each call, and two threads
         # doing so at once fail with "Already borrowed"; the server encodes from threads.
         with self._tokenizer_lock:
             tokens = self.tokenizer(
-                list(names), truncation=True, max_length=self.max_seq_length
+                names,
+                padding=True,
+                truncation=True,
+                max_length=self.max_seq_length,
+                return_tensors="np",
             )
-        return {name: tokens[name] for name in self.input_names}
-
-    def _run(self, tokens: dict[str, list[list[int]]]) -> np.ndarray:
-        with self._tokenizer_lock:
-            padded = self.tokenizer.pad(tokens, return_tensors="np")
-        feeds = {name: padded[name].astype(np.int64) for name in self.input_names}
+        feeds = {name: tokens[name].astype(np.int64) for name in self.input_names}
         (vectors,) = self.session.run(None, feeds)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)

@@ -45,6 +45,13 @@ class ServingSettings(Settings):
         gt=0,
         description="Most candidates a classify request may ask for per name.",
     )
+    serve_embedding_batch_size: int = Field(
+        default=16,
+        gt=0,
+        description="Names of one request that the encoder embeds together. The names "
+        "are sorted by length first and each batch is padded to its longest name, so "
+        "small batches pad less; the embed stage keeps MKT_EMBEDDING_BATCH_SIZE.",
+    )
     serve_embedding_cache_size: int = Field(
         default=10_000,
         ge=0,
