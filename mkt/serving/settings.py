@@ -48,9 +48,10 @@ class ServingSettings(Settings):
     serve_embedding_batch_size: int = Field(
         default=16,
         gt=0,
-        description="Names of one request that the encoder embeds together. The names "
-        "are sorted by length first and each batch is padded to its longest name, so "
-        "small batches pad less; the embed stage keeps MKT_EMBEDDING_BATCH_SIZE.",
+        description="Names of one request that the encoder embeds together. The ONNX "
+        "and PyTorch encoders sort the names by length and pad each batch to its "
+        "longest name, so small batches pad less. The embed stage uses "
+        "MKT_EMBEDDING_BATCH_SIZE instead.",
     )
     serve_embedding_cache_size: int = Field(
         default=10_000,
