@@ -29,9 +29,9 @@ from mkt.titles import clean_title
 if TYPE_CHECKING:
     from mkt.serving.app import ServingState
 
-# A request searches a few dozen vectors, too little work to split over cores. Searching
-# on more threads gains nothing, and the idle OpenMP threads spin, which takes cores
-# from ONNX Runtime and the other request threads.
+# A request searches a few dozen vectors, too little work to split over cores. More
+# threads gain little on idle cores, and their idle OpenMP threads spin, which takes
+# cores from ONNX Runtime and the other request threads.
 SEARCH_THREAD_COUNT = 1
 
 bearer_scheme = HTTPBearer(
