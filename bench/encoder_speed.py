@@ -8,7 +8,7 @@ Times the int8 ONNX encoder on requests of new PriceRunner names, the shape of o
   bert) and then quantized to int8 the same way;
 - intra-op threads (1 or 2) and whether idle intra-op threads spin;
 - batch size: how many names `OnnxEncoder.encode` puts into one ONNX Runtime run after
-  sorting a request's names by length; each run is padded to its longest name.
+  sorting a request's names by length. Each run is padded to its longest name.
 
 Each variant runs through `OnnxEncoder.encode` with the variant's session in place of
 its own. It reports the mean milliseconds per request (tokenizer, padding, ONNX Runtime
