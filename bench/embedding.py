@@ -146,11 +146,15 @@ def score_knn(split: Split, vectors: dict[str, np.ndarray]) -> tuple[float, floa
     train_embeddings = np.stack([vectors[t] for t in split.train["title"]])
     test_embeddings = np.stack([vectors[t] for t in split.test["title"]])
     paths = dict(zip(split.train["category_id"], split.train["category_path"]))
+    # Only the voting settings: the others choose training steps (tuning, the lexical
+    # block, back-off) that this comparison of encoders leaves out.
+    defaults = ClassifierSettings()
     classifier = KnnClassifier.build(
         train_embeddings,
         split.train["category_id"].tolist(),
         paths,
-        **ClassifierSettings().model_dump(),
+        k=defaults.k,
+        vote_temperature=defaults.vote_temperature,
     )
     predictions = classifier.predict(test_embeddings, top_k=1)
     predicted = [p.candidates[0].category_id for p in predictions]

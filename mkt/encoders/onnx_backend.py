@@ -32,6 +32,7 @@ METADATA_FILE = "encoder.json"
 # Opset 17 is the first with a LayerNormalization operator, so each layer norm of the
 # transformer stays one node instead of a chain of arithmetic.
 OPSET_VERSION = 17
+SPINNING_CONFIG_KEY = "session.intra_op.allow_spinning"
 
 
 def export_folder_name(identity: str) -> str:
@@ -204,6 +205,9 @@ class OnnxEncoder:
         options.graph_optimization_level = (
             onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         )
+        # Idle intra-op threads would otherwise spin for a while after each run and
+        # take cores from the server's request threads and from other processes.
+        options.add_session_config_entry(SPINNING_CONFIG_KEY, "0")
         self.session = onnxruntime.InferenceSession(
             str(folder / MODEL_FILE), options, providers=["CPUExecutionProvider"]
         )
@@ -211,6 +215,8 @@ class OnnxEncoder:
 
     def encode(self, names: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
         """Return one L2-normalised float32 row per name."""
+        # NOTE: int8 dynamic quantization scales each batch by its own activation range,
+        # so an int8 vector moves slightly with the names that share its batch.
         embeddings = np.empty((len(names), self.dimension), dtype=np.float32)
         # Batches of similar lengths need less padding, as in sentence-transformers.
         order = np.argsort([-len(name) for name in names], kind="stable")

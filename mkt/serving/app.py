@@ -102,7 +102,7 @@ def build_state(settings: ServingSettings, token: str | None) -> ServingState:
         ),
         encoder=NameEncoder(
             cache_size=settings.serve_embedding_cache_size,
-            batch_size=settings.embedding_batch_size,
+            batch_size=settings.serve_embedding_batch_size,
             metrics=metrics,
         ),
         recorder=ServingStatsRecorder(),

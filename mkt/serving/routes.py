@@ -4,6 +4,7 @@ import secrets
 import time
 from typing import TYPE_CHECKING
 
+import faiss
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -27,6 +28,11 @@ from mkt.titles import clean_title
 
 if TYPE_CHECKING:
     from mkt.serving.app import ServingState
+
+# A request searches a few dozen vectors, too little work to split over cores. More
+# threads gain little on idle cores, and their idle OpenMP threads spin, which takes
+# cores from ONNX Runtime and the other request threads.
+SEARCH_THREAD_COUNT = 1
 
 bearer_scheme = HTTPBearer(
     auto_error=False,
@@ -203,6 +209,7 @@ def predict_names(
 
     kept_names = [names[i] for i in positions]
     embeddings = state.encoder.encode(loaded.embedding_model, kept_names)
+    limit_search_threads()
     found = loaded.classifier.predict(embeddings, top_k=top_k, titles=kept_names)
     # Categories removed from the tree since training go to their successors, and
     # retired ones are dropped.
@@ -210,6 +217,15 @@ def predict_names(
     for position, prediction in zip(positions, found):
         predictions[position] = remap_prediction(prediction, label_map)
     return embeddings, predictions
+
+
+def limit_search_threads() -> None:
+    """Make FAISS search on `SEARCH_THREAD_COUNT` threads when called from this thread.
+
+    OpenMP keeps the thread count per calling thread, and requests run on a pool of
+    threads, so each request sets it instead of the server setting it once at start.
+    """
+    faiss.omp_set_num_threads(SEARCH_THREAD_COUNT)
 
 
 def result_of(name: str, prediction: Prediction) -> NameResult:

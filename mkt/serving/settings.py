@@ -45,6 +45,14 @@ class ServingSettings(Settings):
         gt=0,
         description="Most candidates a classify request may ask for per name.",
     )
+    serve_embedding_batch_size: int = Field(
+        default=16,
+        gt=0,
+        description="Names of one request that the encoder embeds together. The ONNX "
+        "and PyTorch encoders sort the names by length and pad each batch to its "
+        "longest name, so small batches pad less. The embed stage uses "
+        "MKT_EMBEDDING_BATCH_SIZE instead.",
+    )
     serve_embedding_cache_size: int = Field(
         default=10_000,
         ge=0,

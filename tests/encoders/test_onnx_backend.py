@@ -8,7 +8,12 @@ import pytest
 
 from mkt.classifier import KnnClassifier
 from mkt.encoders import EncoderSpec, load_encoder
-from mkt.encoders.onnx_backend import MODEL_FILE, ensure_export, read_export
+from mkt.encoders.onnx_backend import (
+    MODEL_FILE,
+    SPINNING_CONFIG_KEY,
+    ensure_export,
+    read_export,
+)
 from tests.conftest import SAMPLE_PRODUCTS
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -124,3 +129,31 @@ def test_int8_counts_names_over_max_length(int8_encoder):
     over_length_count = int8_encoder.count_over_length([long_name, "tv"])
 
     assert over_length_count == 1
+
+
+def test_onnx_padded_batches_match_unpadded(onnx_encoder, sample_frame):
+    names = [*sample_frame["title"].head(64), *POLISH_NAMES]
+
+    in_batches = onnx_encoder.encode(names, batch_size=16)
+    one_by_one = onnx_encoder.encode(names, batch_size=1)
+
+    np.testing.assert_allclose(in_batches, one_by_one, atol=1e-5)
+
+
+def test_int8_small_batches_stay_close(int8_encoder, sample_frame):
+    names = sample_frame["title"].head(64).tolist()
+
+    one_batch = int8_encoder.encode(names, batch_size=64)
+    small_batches = int8_encoder.encode(names, batch_size=16)
+
+    # Dynamic quantization scales each batch's activations by that batch's own range,
+    # so the vectors move a little with the names that share a batch, but not far.
+    cosines = np.sum(small_batches * one_batch, axis=1)
+    assert cosines.min() >= 0.95
+    assert cosines.mean() >= 0.98
+
+
+def test_onnx_session_does_not_spin(int8_encoder):
+    options = int8_encoder.session.get_session_options()
+
+    assert options.get_session_config_entry(SPINNING_CONFIG_KEY) == "0"

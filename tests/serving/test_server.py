@@ -249,6 +249,12 @@ def test_embedding_cache_hits_repeated_names(trained_stores, client):
     assert metric_value(client, lookups, result="hit") == 1
 
 
+def test_server_encodes_in_serving_batches(trained_stores):
+    app = create_app(ServingSettings(serve_embedding_batch_size=8))
+
+    assert app.state.serving.encoder.batch_size == 8
+
+
 def test_health_ready_and_openapi_are_served(trained_stores, client):
     schema = client.get("/openapi.json").json()
 
