@@ -187,21 +187,33 @@ class KnnClassifier:
             return self.index.d
         return self.index.d - self.lexical_block.dimension
 
+    @property
+    def shares_features(self) -> bool:
+        """Whether the linear head uses the lexical block's TF-IDF vectorisers."""
+        return (
+            self.linear_head is not None
+            and self.lexical_block is not None
+            and self.linear_head.features is self.lexical_block.features
+        )
+
     def search_neighbours(
         self,
         embeddings: np.ndarray,
         titles: Sequence[str] | None,
         neighbour_count: int,
+        counts=None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Return the similarities and vector positions of each name's nearest neighbours.
 
-        FAISS pads with position -1 when it finds fewer neighbours than asked.
+        FAISS pads with position -1 when it finds fewer neighbours than asked. `counts`
+        are the titles' TF-IDF features when the caller computed them already.
         """
         vectors = join_lexical_block(
             self._check_shape(embeddings),
             titles,
             self.lexical_block,
             self.lexical_weight,
+            counts,
         )
         return self.index.search(vectors, neighbour_count)
 
@@ -233,10 +245,14 @@ class KnnClassifier:
         if neighbour_count == 0:
             return [Prediction(None, None, 0.0) for _ in range(len(embeddings))]
 
+        counts = None
+        if self.shares_features and titles is not None:
+            # One TF-IDF pass serves both the lexical block and the head.
+            counts = self.lexical_block.features.transform(list(titles))
         similarities, positions = self.search_neighbours(
-            embeddings, titles, neighbour_count
+            embeddings, titles, neighbour_count, counts
         )
-        linear = self.linear_probabilities(embeddings, titles)
+        linear = self.linear_probabilities(embeddings, titles, counts)
         return [
             self._vote(
                 row_similarities,
@@ -250,7 +266,7 @@ class KnnClassifier:
         ]
 
     def linear_probabilities(
-        self, embeddings: np.ndarray, titles: Sequence[str] | None
+        self, embeddings: np.ndarray, titles: Sequence[str] | None, counts=None
     ) -> np.ndarray | None:
         """Return the linear head's probabilities per name, or None when it is not used.
 
@@ -265,7 +281,9 @@ class KnnClassifier:
                 f"this classifier has a linear head, so it needs one title per "
                 f"embedding row: got {title_count} titles for {len(embeddings)} rows"
             )
-        return self.linear_head.probabilities(titles, embeddings, self.linear_scale)
+        return self.linear_head.probabilities(
+            titles, embeddings, self.linear_scale, counts
+        )
 
     def _vote(
         self,
@@ -354,7 +372,7 @@ class KnnClassifier:
         if self.lexical_block is not None:
             self.lexical_block.save(folder)
         if self.linear_head is not None:
-            self.linear_head.save(folder)
+            self.linear_head.save(folder, shares_features=self.shares_features)
         document = {
             "categories": self.categories,
             "k": self.k,
@@ -365,6 +383,7 @@ class KnnClassifier:
             "backoff_share": self.backoff_share,
             "linear_weight": self.linear_weight,
             "linear_scale": self.linear_scale,
+            "linear_head_shares_features": self.shares_features,
             "calibration": None
             if self.calibration is None
             else self.calibration.to_dict(),
@@ -380,6 +399,10 @@ class KnnClassifier:
         """
         document = json.loads((folder / CATEGORIES_FILE).read_text())
         calibration = document.get("calibration")
+        lexical_block = LexicalBlock.load(folder)
+        shared_features = None
+        if document.get("linear_head_shares_features") and lexical_block is not None:
+            shared_features = lexical_block.features
         return cls(
             faiss.read_index(str(folder / INDEX_FILE)),
             np.load(folder / LABELS_FILE),
@@ -390,8 +413,8 @@ class KnnClassifier:
             class_prior_exponent=document.get("class_prior_exponent", 0.0),
             lexical_weight=document.get("lexical_weight", 0.0),
             backoff_share=document.get("backoff_share"),
-            lexical_block=LexicalBlock.load(folder),
-            linear_head=LinearHead.load(folder),
+            lexical_block=lexical_block,
+            linear_head=LinearHead.load(folder, shared_features),
             linear_weight=document.get("linear_weight", 0.0),
             linear_scale=document.get("linear_scale", 10.0),
             calibration=None
@@ -405,6 +428,7 @@ def join_lexical_block(
     titles: Sequence[str] | None,
     lexical_block: LexicalBlock | None,
     lexical_weight: float,
+    counts=None,
 ) -> np.ndarray:
     """Return the vectors the index searches: unit embeddings, plus the lexical block.
 
@@ -419,4 +443,6 @@ def join_lexical_block(
             f"this classifier has a lexical block, so it needs one title per "
             f"embedding row: got {title_count} titles for {len(embeddings)} rows"
         )
-    return combine_vectors(embeddings, lexical_block.transform(titles), lexical_weight)
+    return combine_vectors(
+        embeddings, lexical_block.transform(titles, counts), lexical_weight
+    )

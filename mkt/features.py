@@ -79,11 +79,21 @@ class LexicalBlock:
         # About 100 bytes per vocabulary entry: the n-gram string, its dict slot and idf.
         return int(components.nbytes + feature_count * 100)
 
-    def transform(self, titles: Sequence[str]) -> np.ndarray:
-        """Return the L2-normalised block of each title, one float32 row per title."""
+    @property
+    def features(self):
+        """The fitted TF-IDF vectorisers, which a linear head may share."""
+        return self.pipeline.named_steps["features"]
+
+    def transform(self, titles: Sequence[str], counts=None) -> np.ndarray:
+        """Return the L2-normalised block of each title, one float32 row per title.
+
+        `counts`, when given, are the titles' TF-IDF features already computed by
+        `features`, so the classifier computes them once for the block and the head.
+        """
         if len(titles) == 0:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        counts = self.pipeline.named_steps["features"].transform(list(titles))
+        if counts is None:
+            counts = self.features.transform(list(titles))
         block = np.asarray(counts.astype(np.float32) @ self._projection)
         norms = np.linalg.norm(block, axis=1, keepdims=True)
         # A title with no known n-gram gets a zero row, which matches nothing lexically.

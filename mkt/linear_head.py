@@ -87,6 +87,7 @@ class LinearHead:
         embeddings: np.ndarray,
         labels: np.ndarray,
         category_count: int,
+        features: FeatureUnion | None = None,
     ) -> "LinearHead":
         """Fit the vectorisers and the linear model on training names.
 
@@ -95,7 +96,17 @@ class LinearHead:
             embeddings: Their unit embeddings, one row per title.
             labels: The classifier's category position of each name.
             category_count: Number of categories of the classifier.
+            features: Vectorisers already fitted on these titles, such as the lexical
+                block's, to share instead of fitting new ones.
         """
+        if features is not None:
+            return cls.fit_on_features(
+                features,
+                features.transform(list(titles)),
+                embeddings,
+                labels,
+                category_count,
+            )
         word = TfidfVectorizer(
             analyzer="word",
             ngram_range=(1, 2),
@@ -112,6 +123,18 @@ class LinearHead:
         )
         features = FeatureUnion([("word", word), ("char", char)])
         counts = features.fit_transform(list(titles))
+        return cls.fit_on_features(features, counts, embeddings, labels, category_count)
+
+    @classmethod
+    def fit_on_features(
+        cls,
+        features: FeatureUnion,
+        counts: sparse.spmatrix,
+        embeddings: np.ndarray,
+        labels: np.ndarray,
+        category_count: int,
+    ) -> "LinearHead":
+        """Fit the linear model on the TF-IDF counts of fitted vectorisers."""
         model = LinearSVC(C=1.0, random_state=SEED)
         model.fit(join_features(counts, embeddings), labels)
         weights, intercepts = model.coef_, model.intercept_
@@ -127,12 +150,16 @@ class LinearHead:
         vocabulary_bytes = self.weights.shape[1] * 100
         return int(self.weights.nbytes + self.intercepts.nbytes + vocabulary_bytes)
 
-    def decision(self, titles: Sequence[str], embeddings: np.ndarray) -> np.ndarray:
+    def decision(
+        self, titles: Sequence[str], embeddings: np.ndarray, counts=None
+    ) -> np.ndarray:
         """Return the decision value of every category for each name, shape (n, categories).
 
         Categories the head was not fitted on get -inf, so a softmax gives them 0.
+        `counts`, when given, are the titles' features already computed by `features`.
         """
-        counts = self.features.transform(list(titles))
+        if counts is None:
+            counts = self.features.transform(list(titles))
         scores = np.asarray(
             join_features(counts, embeddings) @ self.weights.T, dtype=np.float32
         )
@@ -142,15 +169,16 @@ class LinearHead:
         return full
 
     def probabilities(
-        self, titles: Sequence[str], embeddings: np.ndarray, scale: float
+        self, titles: Sequence[str], embeddings: np.ndarray, scale: float, counts=None
     ) -> np.ndarray:
         """Return softmax(scale x decision) per name: one distribution over the categories."""
-        return softmax(self.decision(titles, embeddings), scale)
+        return softmax(self.decision(titles, embeddings, counts), scale)
 
-    def save(self, folder: Path) -> None:
-        """Write the vectorisers and the weights to a folder."""
-        # NOTE: joblib pickles scikit-learn objects, so loading needs the same version.
-        joblib.dump(self.features, folder / FEATURES_FILE)
+    def save(self, folder: Path, *, shares_features: bool = False) -> None:
+        """Write the weights, and the vectorisers unless another part saves them."""
+        if not shares_features:
+            # NOTE: joblib pickles scikit-learn objects, so loading needs the same version.
+            joblib.dump(self.features, folder / FEATURES_FILE)
         np.savez(
             folder / WEIGHTS_FILE,
             weights=self.weights,
@@ -160,13 +188,21 @@ class LinearHead:
         )
 
     @classmethod
-    def load(cls, folder: Path) -> "LinearHead | None":
-        """Read a head written by `save`, or return None when the folder has none."""
+    def load(
+        cls, folder: Path, shared_features: FeatureUnion | None = None
+    ) -> "LinearHead | None":
+        """Read a head written by `save`, or return None when the folder has none.
+
+        A head saved with `shares_features` needs those vectorisers in `shared_features`.
+        """
         if not (folder / WEIGHTS_FILE).is_file():
             return None
+        features = shared_features
+        if features is None:
+            features = joblib.load(folder / FEATURES_FILE)
         with np.load(folder / WEIGHTS_FILE) as arrays:
             return cls(
-                joblib.load(folder / FEATURES_FILE),
+                features,
                 arrays["weights"],
                 arrays["intercepts"],
                 arrays["labels"],

@@ -259,11 +259,15 @@ def fit_linear_head(
         return None
     started = time.perf_counter()
     position_of = {c: i for i, (c, _) in enumerate(classifier.categories)}
+    shared = None
+    if classifier.lexical_block is not None:
+        shared = classifier.lexical_block.features
     head = LinearHead.fit(
         names.titles,
         np.asarray(names.embeddings, dtype=np.float32),
         np.array([position_of[c] for c in names.category_ids]),
         len(classifier.categories),
+        features=shared,
     )
     logger.info(
         "Linear head fitted on %d names in %d categories in %.1f s",

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from mkt.classifier import KnnClassifier
-from mkt.linear_head import LinearHead, fit_size_problem, softmax
+from mkt.linear_head import FEATURES_FILE, LinearHead, fit_size_problem, softmax
 from mkt.tuning import (
     LabelledNames,
     VoteSettings,
@@ -178,3 +178,20 @@ def test_blend_search_scores_as_the_classifier_predicts(sample_split):
             p.category_id == c for p, c in zip(predictions, test.category_ids)
         ] == is_correct.tolist()
     assert len(results) == 9
+
+
+@pytest.mark.slow
+def test_head_shares_lexical_features(sample_split, tmp_path):
+    train, test, paths = sample_split
+    settings = VoteSettings(10, 0.05, 0.0, 0.3, 0.5, 10.0)
+    classifier = build_classifier(train, paths, settings, lexical_dimension=64)
+
+    classifier.save(tmp_path)
+    loaded = KnnClassifier.load(tmp_path)
+
+    assert classifier.shares_features
+    assert loaded.shares_features
+    assert not (tmp_path / FEATURES_FILE).exists()
+    before = classifier.predict(test.embeddings, top_k=3, titles=test.titles)
+    after = loaded.predict(test.embeddings, top_k=3, titles=test.titles)
+    assert before == after
