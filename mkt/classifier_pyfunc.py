@@ -26,10 +26,14 @@ class StoreClassifierModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         """Load the classifier from the logged artifacts; the encoder loads on first use."""
         from mkt.classifier import KnnClassifier
+        from mkt.fine_tuning import resolve_embedding_model
 
         folder = Path(context.artifacts["classifier"])
         self.classifier = KnnClassifier.load(folder)
         self.metadata = json.loads((folder / "metadata.json").read_text())
+        # A fine-tuned encoder is installed under the mkt home here, so it stays
+        # after MLflow's downloaded artifacts are removed.
+        self.embedding_model = resolve_embedding_model(folder, self.metadata)
         self._encoder = None
 
     # The pandas hint keeps MLflow from wrapping predict() with its own input conversion;
@@ -43,7 +47,7 @@ class StoreClassifierModel(mlflow.pyfunc.PythonModel):
         titles = titles_from_input(model_input)
         top_k = int((params or {}).get("top_k", DEFAULT_TOP_K))
         if self._encoder is None:
-            self._encoder = load_encoder(self.metadata["embedding_model"])
+            self._encoder = load_encoder(self.embedding_model)
         cleaned = [clean_title(title) for title in titles]
         # Empty names carry no signal, so they get an abstention instead of a guess.
         positions = [i for i, title in enumerate(cleaned) if title]

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from mlflow.models import infer_signature
 from mkt.classifier import KnnClassifier
 from mkt.classifier_pyfunc import OUTPUT_COLUMNS, StoreClassifierModel
 from mkt.errors import ClassifierNotFound
+from mkt.fine_tuning import ENCODER_FOLDER
 from mkt.locks import file_lock
 from mkt.settings import Settings
 from mkt.stores.config import StoreConfig
@@ -83,9 +85,19 @@ def ensure_experiment(settings: Settings, store_id: str) -> str:
 
 
 def log_classifier(
-    classifier: KnnClassifier, config: StoreConfig, *, params: dict, metrics: dict
+    classifier: KnnClassifier,
+    config: StoreConfig,
+    *,
+    params: dict,
+    metrics: dict,
+    fine_tuned_encoder: tuple[Path, str] | None = None,
 ) -> tuple[str, str]:
-    """Log a classifier in the active MLflow run and register it; return (run id, version)."""
+    """Log a classifier in the active MLflow run and register it; return (run id, version).
+
+    `fine_tuned_encoder` is the folder and content digest of the encoder the classifier
+    was trained on, when the train stage fine-tuned one. It is logged inside the
+    classifier's folder.
+    """
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch) / "classifier"
         classifier.save(folder)
@@ -93,6 +105,10 @@ def log_classifier(
             "store_id": config.store_id,
             "embedding_model": config.embedding_model,
         }
+        if fine_tuned_encoder is not None:
+            encoder_folder, digest = fine_tuned_encoder
+            shutil.copytree(encoder_folder, folder / ENCODER_FOLDER)
+            metadata["fine_tuned_encoder"] = {"digest": digest}
         (folder / "metadata.json").write_text(json.dumps(metadata))
         (Path(scratch) / "store_config.json").write_text(
             config.model_dump_json(indent=2)

@@ -90,6 +90,11 @@ class Settings(BaseSettings):
         """Folder of the ONNX exports of embedding models, one folder per encoder."""
         return self.home_dir / "cache" / "encoders"
 
+    @property
+    def fine_tuned_encoder_dir(self) -> Path:
+        """Folder of fine-tuned encoders installed from classifiers, one per content hash."""
+        return self.home_dir / "cache" / "fine-tuned"
+
     def store_dir(self, store_id: str) -> Path:
         """Folder of one store's training snapshot and its embeddings."""
         return self.home_dir / "stores" / store_id

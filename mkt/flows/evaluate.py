@@ -1,5 +1,6 @@
 """Evaluate stage: score a classifier on the held-out split and promote it if it passes the gate."""
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -9,7 +10,9 @@ from prefect import flow, get_run_logger, task
 from mkt.baseline import build_test_score_table, log_baseline
 from mkt.catalog import load_store
 from mkt.classifier import CATEGORIES_FILE, KnnClassifier
+from mkt.embeddings import encode_titles, load_encoder
 from mkt.evaluation import evaluate_predictions
+from mkt.fine_tuning import resolve_embedding_model
 from mkt.flows.context import open_database
 from mkt.promotion import promote_classifier
 from mkt.registry import (
@@ -24,15 +27,21 @@ from mkt.snapshot import load_snapshot
 PIPELINE_ACTOR = "pipeline"
 
 
-def load_classifier_version(store_id: str, version: str) -> KnnClassifier:
-    """Download one registered version's artifacts and load its classifier."""
+def load_classifier_version(store_id: str, version: str) -> tuple[KnnClassifier, str]:
+    """Download one registered version's artifacts; return its classifier and encoder.
+
+    The encoder is the `embedding_model` value the version encodes names with, which
+    names an installed copy of its fine-tuned encoder when it has one.
+    """
     uri = f"models:/{registered_model_name(store_id)}/{version}"
     with tempfile.TemporaryDirectory() as scratch:
         local = Path(
             mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=scratch)
         )
         folder = next(local.rglob(CATEGORIES_FILE)).parent
-        return KnnClassifier.load(folder)
+        metadata = json.loads((folder / "metadata.json").read_text())
+        embedding_model = resolve_embedding_model(folder, metadata)
+        return KnnClassifier.load(folder), embedding_model
 
 
 @task(name="score-classifier")
@@ -43,13 +52,27 @@ def score_classifier(store_id: str, classifier_version: str | None = None) -> di
     config = load_store(open_database(settings), store_id)
     configure_mlflow(settings)
     version = get_model_version(store_id, classifier_version)
-    snapshot, embeddings, _ = load_snapshot(settings.store_dir(store_id), store_id)
+    snapshot, embeddings, snapshot_metadata = load_snapshot(
+        settings.store_dir(store_id), store_id
+    )
 
-    classifier = load_classifier_version(store_id, version.version)
+    classifier, embedding_model = load_classifier_version(store_id, version.version)
     is_test = (snapshot["split"] == "test").to_numpy()
     test = snapshot[is_test]
+    test_embeddings = embeddings[is_test]
+    baseline_embeddings = embeddings[~is_test]
+    if embedding_model != snapshot_metadata["embedding_model"]:
+        # The version was trained on a fine-tuned encoder, so its test names are
+        # encoded again with it instead of read from the snapshot.
+        logger.info("Encoding %d test names with %s", len(test), embedding_model)
+        test_embeddings = encode_titles(
+            load_encoder(embedding_model), test["title"].tolist()
+        )
+        # NOTE: the drift baseline then comes from the test names, because the
+        # training names were never encoded with the fine-tuned encoder outside training.
+        baseline_embeddings = test_embeddings
     predictions = classifier.predict(
-        embeddings[is_test], top_k=1, titles=test["title"].tolist()
+        test_embeddings, top_k=1, titles=test["title"].tolist()
     )
     report = evaluate_predictions(
         test["category_id"].tolist(),
@@ -72,7 +95,7 @@ def score_classifier(store_id: str, classifier_version: str | None = None) -> di
         mlflow.log_table(
             report.confusion_pairs, artifact_file="evaluation/confusion_pairs.json"
         )
-        log_baseline(test_scores, embeddings[~is_test])
+        log_baseline(test_scores, baseline_embeddings)
     record_test_metrics(store_id, version.version, report.metrics)
     logger.info(
         "Store %r: classifier version %s has accuracy %.3f, weighted F1 %.3f, macro F1 %.3f",

@@ -123,7 +123,7 @@ class RegistryReader:
             )
 
         classifier = python_model.classifier
-        embedding_model = python_model.metadata["embedding_model"]
+        embedding_model = python_model.embedding_model
         encoder_dimension = load_encoder(embedding_model).dimension
         if encoder_dimension != classifier.dimension:
             raise ClassifierLoadFailed(

@@ -109,3 +109,32 @@ def test_train_without_snapshot_says_to_embed(store):
 
     with pytest.raises(NotEnoughData, match="--stage embed"):
         train_store(store)
+
+
+def test_fine_tuned_encoder_serves_its_classifier(mkt_home, tmp_path, prefect_harness):
+    from mlflow import MlflowClient
+
+    from mkt.registry import configure_mlflow, get_champion, load_champion
+
+    products = write_sample_products(tmp_path, per_category=30)
+    fine_tune = {"fine_tune": {"steps": 3, "pairs_per_step": 4}}
+    config = load_store_config(
+        write_store_config(tmp_path, products, classifier=fine_tune)
+    )
+    register_store(open_database(Settings()), config)
+
+    _, _, train, evaluation = run_all(config.store_id)
+
+    assert evaluation["is_champion"]
+    assert evaluation["metrics"]["accuracy"] > 0.8
+    configure_mlflow(Settings())
+    run = MlflowClient().get_run(train["mlflow_run_id"])
+    assert run.data.metrics["fine_tune_steps"] == 3
+    model = load_champion(config.store_id)
+    embedding_model = model.unwrap_python_model().embedding_model
+    installed = Settings().fine_tuned_encoder_dir
+    assert embedding_model.startswith(f"onnx-int8:{installed}")
+    assert str(get_champion(config.store_id).version) == "1"
+    titles = pd.DataFrame({"title": ["apple iphone x 64gb space grey"]})
+    answers = model.predict(titles, params={"top_k": 2})
+    assert answers.loc[0, "category_path"] == "Mobile Phones"
