@@ -315,6 +315,9 @@ class KnnClassifier:
             ranked, shares = self._blend(votes, total, linear, top_k)
         if self.calibration is not None:
             shares = self.calibration.apply(shares)
+            # The map is fitted on top scores only. A runner-up is right only when the
+            # top category is wrong, so its score is capped at what the top one leaves.
+            shares[1:] = np.minimum(shares[1:], 1.0 - shares[0])
         candidates = [
             Candidate(
                 self.categories[label][0], self.categories[label][1], float(share)

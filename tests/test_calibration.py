@@ -43,3 +43,22 @@ def test_calibration_round_trips_through_a_dict():
 def test_calibration_rejects_empty_validation():
     with pytest.raises(ValueError, match="got 0"):
         ScoreCalibration.fit(np.array([]), np.array([], dtype=bool))
+
+
+def test_runner_up_score_is_capped_by_the_top_one():
+    from mkt.classifier import KnnClassifier
+
+    vectors = np.array([[1, 0], [0.9, 0.44], [0.8, 0.6]], dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    # Every share up to 0.5 maps to precision 0.6, higher ones to 0.95.
+    calibration = ScoreCalibration([0.0, 0.5, 0.51, 1.0], [0.6, 0.6, 0.95, 0.95])
+    classifier = KnnClassifier.build(
+        vectors, ["a", "b", "c"], {}, k=3, vote_temperature=1.0
+    )
+    classifier.calibration = calibration
+
+    (prediction,) = classifier.predict(np.array([[1, 0]], dtype=np.float32), top_k=3)
+
+    top, *others = [candidate.score for candidate in prediction.candidates]
+    assert top == pytest.approx(0.6, abs=1e-3)
+    assert others == pytest.approx([0.4, 0.4], abs=1e-3)
