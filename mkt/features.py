@@ -45,19 +45,7 @@ class LexicalBlock:
             raise ValueError(f"need at least 2 titles to fit, got {len(titles)}")
         # The feature caps bound the saved SVD components to about
         # 30,000 x dimension floats, whatever the size of the store.
-        word = TfidfVectorizer(
-            analyzer="word",
-            ngram_range=(1, 2),
-            sublinear_tf=True,
-            max_features=WORD_FEATURE_COUNT,
-        )
-        char = TfidfVectorizer(
-            analyzer="char_wb",
-            ngram_range=(2, 5),
-            sublinear_tf=True,
-            max_features=CHAR_FEATURE_COUNT,
-        )
-        features = FeatureUnion([("word", word), ("char", char)])
+        features = ngram_features(np.float64)
         matrix = features.fit_transform(list(titles))
 
         # TruncatedSVD needs fewer components than features and than rows.
@@ -111,6 +99,28 @@ class LexicalBlock:
         if not path.is_file():
             return None
         return cls(joblib.load(path))
+
+
+def ngram_features(dtype) -> FeatureUnion:
+    """Return unfitted TF-IDF vectorisers of word 1-2 grams and char_wb 2-5 grams.
+
+    They keep at most 10,000 word and 20,000 character n-grams, with sublinear TF.
+    """
+    word = TfidfVectorizer(
+        analyzer="word",
+        ngram_range=(1, 2),
+        sublinear_tf=True,
+        max_features=WORD_FEATURE_COUNT,
+        dtype=dtype,
+    )
+    char = TfidfVectorizer(
+        analyzer="char_wb",
+        ngram_range=(2, 5),
+        sublinear_tf=True,
+        max_features=CHAR_FEATURE_COUNT,
+        dtype=dtype,
+    )
+    return FeatureUnion([("word", word), ("char", char)])
 
 
 def combine_vectors(

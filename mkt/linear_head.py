@@ -15,16 +15,15 @@ from pathlib import Path
 import joblib
 import numpy as np
 from scipy import sparse
-from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.pipeline import FeatureUnion
 from sklearn.svm import LinearSVC
+
+from mkt.features import CHAR_FEATURE_COUNT, WORD_FEATURE_COUNT, ngram_features
 
 logger = logging.getLogger(__name__)
 
 FEATURES_FILE = "linear_head_features.joblib"
 WEIGHTS_FILE = "linear_head_weights.npz"
-WORD_FEATURE_COUNT = 10_000
-CHAR_FEATURE_COUNT = 20_000
 SEED = 42
 # NOTE: LinearSVC fits one model per category over a float64 copy of every training
 # name, so above these sizes the classifier trains without a head.
@@ -107,21 +106,7 @@ class LinearHead:
                 labels,
                 category_count,
             )
-        word = TfidfVectorizer(
-            analyzer="word",
-            ngram_range=(1, 2),
-            sublinear_tf=True,
-            max_features=WORD_FEATURE_COUNT,
-            dtype=np.float32,
-        )
-        char = TfidfVectorizer(
-            analyzer="char_wb",
-            ngram_range=(2, 5),
-            sublinear_tf=True,
-            max_features=CHAR_FEATURE_COUNT,
-            dtype=np.float32,
-        )
-        features = FeatureUnion([("word", word), ("char", char)])
+        features = ngram_features(np.float32)
         counts = features.fit_transform(list(titles))
         return cls.fit_on_features(features, counts, embeddings, labels, category_count)
 
