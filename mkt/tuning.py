@@ -214,10 +214,10 @@ def search_blends(
         decision = head.decision(
             validation.titles[rows], np.asarray(validation.embeddings[rows])
         )
-        for scale in LINEAR_SCALES:
-            linear = softmax(decision, scale)
-            for point in knn_points:
-                shares = votes[point][rows].toarray()
+        linears = {scale: softmax(decision, scale) for scale in LINEAR_SCALES}
+        for point in knn_points:
+            shares = votes[point][rows].toarray()
+            for scale, linear in linears.items():
                 for weight in LINEAR_WEIGHTS:
                     blended = weight * linear + (1.0 - weight) * shares
                     combination = replace(
