@@ -29,10 +29,9 @@ from bench.accuracy import (
     parse_dataset_names,
     parse_positive_int,
 )
-from bench.classifiers import run_tuned_knn
+from bench.classifiers import run_knn, run_tuned_knn
 from bench.report import Column, describe_machine, render_table
 from bench.splits import SEED, find_missing_files, prepare_split
-from mkt.classifier import KnnClassifier
 from mkt.embeddings import encode_titles, load_encoder
 from mkt.fine_tuning import SIMILARITY_SCALE, fine_tune_encoder
 
@@ -62,17 +61,13 @@ COLUMNS: list[Column] = [
 
 def knn_accuracy(train_embeddings, split, test_embeddings) -> float:
     """Return the test accuracy of a k=10 kNN classifier built on the training embeddings."""
-    paths = dict(zip(split.train["category_id"], split.train["category_path"]))
-    classifier = KnnClassifier.build(
-        np.array(train_embeddings, dtype=np.float32),
-        split.train["category_id"].tolist(),
-        paths,
+    result = run_knn(
+        np.asarray(train_embeddings, dtype=np.float32),
+        split,
+        np.asarray(test_embeddings, dtype=np.float32),
         k=10,
-        vote_temperature=0.05,
     )
-    predictions = classifier.predict(np.asarray(test_embeddings, dtype=np.float32))
-    true_ids = split.test["category_id"].tolist()
-    return float(np.mean([p.category_id == c for p, c in zip(predictions, true_ids)]))
+    return float(np.mean(result.predicted_ids == split.test["category_id"].to_numpy()))
 
 
 def run_tuned(train_embeddings, split, test_embeddings) -> float:
@@ -83,8 +78,7 @@ def run_tuned(train_embeddings, split, test_embeddings) -> float:
         np.asarray(test_embeddings, dtype=np.float32),
         precision_target=PRECISION_TARGET,
     )
-    true_ids = split.test["category_id"].to_numpy()
-    return float(np.mean(result.predicted_ids == true_ids))
+    return float(np.mean(result.predicted_ids == split.test["category_id"].to_numpy()))
 
 
 def log_step(dataset: str, done: int, total: int, loss: float) -> None:

@@ -45,7 +45,7 @@ def test_calibration_rejects_empty_validation():
         ScoreCalibration.fit(np.array([]), np.array([], dtype=bool))
 
 
-def test_runner_up_score_is_capped_by_the_top_one():
+def test_runner_up_capped_by_top():
     from mkt.classifier import KnnClassifier
 
     vectors = np.array([[1, 0], [0.9, 0.44], [0.8, 0.6]], dtype=np.float32)
