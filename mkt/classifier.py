@@ -1,7 +1,10 @@
 """The FAISS nearest-neighbour classifier: top-k categories with scores, or an abstain."""
 
 import json
+import logging
 import math
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +18,10 @@ from mkt.index import (
     IndexKind,
     build_index,
     check_memory_budget,
+    format_gb,
+    open_rerank_file,
     plan_index,
+    search_index,
     tune_nprobe,
 )
 from mkt.linear_head import LinearHead
@@ -23,7 +29,10 @@ from mkt.linear_head import LinearHead
 INDEX_FILE = "index.faiss"
 LABELS_FILE = "vector_labels.npy"
 CATEGORIES_FILE = "categories.json"
+RERANK_FILE = "rerank_vectors.npy"
 PATH_SEPARATOR = " > "
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,7 +73,9 @@ class KnnClassifier:
     category's raw score is its share of the votes. With a linear head and a
     linear_weight w above 0, the raw score is (1 - w) x vote share + w x the head's
     softmax probability. The calibration, when the classifier has one, maps the raw score
-    of the top category to the score it reports.
+    of the top category to the score it reports. With `rerank_vectors` (the indexed
+    vectors, one row per position), a search takes `rerank_factor` times k candidates
+    from the index and keeps the k most similar by those vectors.
     """
 
     def __init__(
@@ -84,6 +95,8 @@ class KnnClassifier:
         linear_head: LinearHead | None = None,
         linear_weight: float = 0.0,
         linear_scale: float = 10.0,
+        rerank_vectors: np.ndarray | None = None,
+        rerank_factor: int = 0,
     ) -> None:
         if index.ntotal != len(vector_labels):
             raise ValueError(
@@ -103,6 +116,10 @@ class KnnClassifier:
         self.linear_head = linear_head
         self.linear_weight = linear_weight
         self.linear_scale = linear_scale
+        self.rerank_vectors = rerank_vectors
+        self.rerank_factor = rerank_factor if rerank_vectors is not None else 0
+        # The folder of a re-rank file written by `build`; removed with the classifier.
+        self._rerank_folder: tempfile.TemporaryDirectory | None = None
         label_counts = np.bincount(self.vector_labels, minlength=len(categories))
         self.vote_scales = np.maximum(label_counts, 1.0) ** -class_prior_exponent
 
@@ -118,6 +135,8 @@ class KnnClassifier:
         index: IndexKind = "auto",
         memory_budget_gb: float = 16.0,
         recall_target: float = 0.95,
+        rerank_factor: int = 0,
+        work_dir: Path | None = None,
         **settings,
     ) -> "KnnClassifier":
         """Build an inner-product index over the training embeddings, chosen by their count.
@@ -132,6 +151,10 @@ class KnnClassifier:
             index: Index kind; `auto` chooses it from the number of rows.
             memory_budget_gb: Largest estimated index memory to build.
             recall_target: Recall@k against exact search that sets IVF's nprobe.
+            rerank_factor: With an IVF+PQ index and a factor above 1, keep the indexed
+                vectors in a float16 file and re-rank this many times k candidates.
+            work_dir: Folder for the re-rank file until `save` copies it; default: the
+                system's temporary folder.
             settings: The voting settings passed to the constructor.
 
         Raises:
@@ -157,14 +180,38 @@ class KnnClassifier:
                 settings.get("lexical_weight", 0.0),
             )
             rows = None
+        ordered_ids = sorted(set(category_ids))
+        position_of = {category_id: i for i, category_id in enumerate(ordered_ids)}
+        categories = [(c, category_paths.get(c, c)) for c in ordered_ids]
+        vector_labels = np.array([position_of[c] for c in category_ids], dtype=np.int64)
         plan = plan_index(
             row_count,
             embeddings.shape[1],
             kind=index,
             memory_budget_gb=memory_budget_gb,
+            category_count=len(categories),
         )
         check_memory_budget(plan, memory_budget_gb)
-        faiss_index = build_index(embeddings, plan, rows=rows)
+        rerank_folder = rerank_vectors = None
+        if plan.kind == "ivfpq" and rerank_factor > 1:
+            rerank_folder = tempfile.TemporaryDirectory(
+                prefix="mkt-rerank-", dir=work_dir
+            )
+            rerank_vectors = open_rerank_file(
+                Path(rerank_folder.name) / RERANK_FILE, row_count, embeddings.shape[1]
+            )
+            logger.info(
+                "Index: %s of float16 vectors on disk re-rank %d x k candidates",
+                format_gb(rerank_vectors.nbytes),
+                rerank_factor,
+            )
+        faiss_index = build_index(
+            embeddings,
+            plan,
+            rows=rows,
+            rerank_vectors=rerank_vectors,
+            labels=vector_labels,
+        )
         if plan.kind != "flat":
             tune_nprobe(
                 faiss_index,
@@ -172,13 +219,20 @@ class KnnClassifier:
                 rows=rows,
                 k=settings.get("k", 10),
                 recall_target=recall_target,
+                rerank_vectors=rerank_vectors,
+                rerank_factor=rerank_factor,
             )
 
-        ordered_ids = sorted(set(category_ids))
-        position_of = {category_id: i for i, category_id in enumerate(ordered_ids)}
-        categories = [(c, category_paths.get(c, c)) for c in ordered_ids]
-        vector_labels = np.array([position_of[c] for c in category_ids], dtype=np.int64)
-        return cls(faiss_index, vector_labels, categories, **settings)
+        classifier = cls(
+            faiss_index,
+            vector_labels,
+            categories,
+            rerank_vectors=rerank_vectors,
+            rerank_factor=rerank_factor,
+            **settings,
+        )
+        classifier._rerank_folder = rerank_folder
+        return classifier
 
     @property
     def dimension(self) -> int:
@@ -215,7 +269,13 @@ class KnnClassifier:
             self.lexical_weight,
             counts,
         )
-        return self.index.search(vectors, neighbour_count)
+        return search_index(
+            self.index,
+            vectors,
+            neighbour_count,
+            rerank_vectors=self.rerank_vectors,
+            rerank_factor=self.rerank_factor,
+        )
 
     def _check_shape(self, embeddings: np.ndarray) -> np.ndarray:
         embeddings = np.asarray(embeddings, dtype=np.float32)
@@ -376,6 +436,8 @@ class KnnClassifier:
             self.lexical_block.save(folder)
         if self.linear_head is not None:
             self.linear_head.save(folder, shares_features=self.shares_features)
+        if self.rerank_vectors is not None:
+            save_rerank_vectors(self.rerank_vectors, folder / RERANK_FILE)
         document = {
             "categories": self.categories,
             "k": self.k,
@@ -387,6 +449,7 @@ class KnnClassifier:
             "linear_weight": self.linear_weight,
             "linear_scale": self.linear_scale,
             "linear_head_shares_features": self.shares_features,
+            "rerank_factor": self.rerank_factor,
             "calibration": None
             if self.calibration is None
             else self.calibration.to_dict(),
@@ -406,6 +469,9 @@ class KnnClassifier:
         shared_features = None
         if document.get("linear_head_shares_features") and lexical_block is not None:
             shared_features = lexical_block.features
+        rerank_vectors = None
+        if (folder / RERANK_FILE).exists():
+            rerank_vectors = np.load(folder / RERANK_FILE, mmap_mode="r")
         return cls(
             faiss.read_index(str(folder / INDEX_FILE)),
             np.load(folder / LABELS_FILE),
@@ -420,10 +486,22 @@ class KnnClassifier:
             linear_head=LinearHead.load(folder, shared_features),
             linear_weight=document.get("linear_weight", 0.0),
             linear_scale=document.get("linear_scale", 10.0),
+            rerank_vectors=rerank_vectors,
+            rerank_factor=document.get("rerank_factor", 0),
             calibration=None
             if calibration is None
             else ScoreCalibration.from_dict(calibration),
         )
+
+
+def save_rerank_vectors(rerank_vectors: np.ndarray, path: Path) -> None:
+    """Write the re-rank vectors to a .npy file, copying a memory-mapped one as a file."""
+    source = getattr(rerank_vectors, "filename", None)
+    if source is None:
+        np.save(path, rerank_vectors)
+    elif Path(source).resolve() != path.resolve():
+        # A file copy goes through the page cache, so the vectors never load into RSS.
+        shutil.copyfile(source, path)
 
 
 def join_lexical_block(

@@ -289,7 +289,8 @@ def build_classifier(
 ) -> KnnClassifier:
     """Build a classifier on names, with a lexical block and a linear head when weighted.
 
-    `index_options` go to `KnnClassifier.build`: index kind, memory budget, recall target.
+    `index_options` go to `KnnClassifier.build`: index kind, memory budget, recall target,
+    re-rank factor.
     A head that the store is too large for is left out, and the vote alone scores.
     """
     lexical_block = None
@@ -486,6 +487,7 @@ def fit_classifier(
             "index": config.index,
             "memory_budget_gb": config.memory_budget_gb,
             "recall_target": config.recall_target,
+            "rerank_factor": config.rerank_factor,
         },
     )
     if tuning is not None:

@@ -9,11 +9,13 @@ import pytest
 from mkt.classifier import KnnClassifier
 from mkt.errors import IndexTooLarge
 from mkt.index import (
+    build_index,
     check_memory_budget,
     estimate_index_bytes,
     exact_neighbours,
     plan_index,
     recall_at_k,
+    rerank_candidates,
 )
 from mkt.snapshot import open_embeddings_file
 
@@ -180,3 +182,93 @@ def test_float16_file_moves_cosine_by_under_one_thousandth(tmp_path):
 
     assert embeddings_file.dtype == np.float16
     assert np.abs(stored @ vectors[:50].T - vectors @ vectors[:50].T).max() < 1e-3
+
+
+def test_enough_categories_become_the_inverted_lists():
+    vectors, _ = clustered_vectors()
+    labels = np.repeat(np.arange(CATEGORY_COUNT), NAMES_PER_CATEGORY)
+    plan = plan_index(
+        len(vectors), DIMENSION, kind="ivfpq", category_count=CATEGORY_COUNT
+    )
+
+    index = build_index(vectors, plan, labels=labels)
+
+    assert plan.lists_are_categories
+    assert f"the {CATEGORY_COUNT} categories are the inverted lists" in plan.reasons[-1]
+    inverted = faiss.extract_index_ivf(index)
+    assert index.ntotal == len(vectors)
+    for category in range(CATEGORY_COUNT):
+        size = inverted.invlists.list_size(category)
+        ids = faiss.rev_swig_ptr(inverted.invlists.get_ids(category), size)
+        assert sorted(ids) == list(np.flatnonzero(labels == category))
+
+
+def test_few_categories_keep_kmeans_lists():
+    plan = plan_index(27_600_000, 384, kind="ivfpq", category_count=100)
+
+    assert not plan.lists_are_categories
+    assert plan.list_count == 16_384
+
+
+def test_category_lists_without_labels_name_the_problem():
+    vectors, _ = clustered_vectors()
+    plan = plan_index(
+        len(vectors), DIMENSION, kind="ivfpq", category_count=CATEGORY_COUNT
+    )
+
+    with pytest.raises(ValueError, match="needs one label per row: got none"):
+        build_index(vectors, plan)
+
+
+def test_rerank_candidates_sorts_by_exact_similarity_and_pads():
+    vectors = np.eye(4, dtype=np.float32)
+    query = np.array([[0.1, 0.8, 0.0, 0.6]], dtype=np.float32)
+    query /= np.linalg.norm(query)
+
+    similarities, positions = rerank_candidates(
+        vectors.astype(np.float16), query, np.array([[0, 3, 1, -1]]), 3
+    )
+    _, short = rerank_candidates(vectors, query, np.array([[2, -1, -1, -1]]), 3)
+
+    assert list(positions[0]) == [1, 3, 0]
+    assert similarities[0, 0] == pytest.approx(0.8 / np.linalg.norm([0.1, 0.8, 0.6]))
+    assert list(short[0]) == [2, -1, -1]
+
+
+def test_reranking_lifts_compressed_recall(tmp_path):
+    vectors, labels = clustered_vectors()
+    queries, _ = clustered_vectors(noise_seed=1)
+    queries = queries[::20]
+    true_positions = exact_neighbours(vectors, np.arange(len(vectors)), queries, 10)
+    codes_only = KnnClassifier.build(vectors, labels, {}, index="ivfpq", k=10)
+    reranked = KnnClassifier.build(
+        vectors, labels, {}, index="ivfpq", k=10, rerank_factor=10, work_dir=tmp_path
+    )
+
+    _, codes_found = codes_only.search_neighbours(queries, None, 10)
+    _, reranked_found = reranked.search_neighbours(queries, None, 10)
+
+    codes_recall = recall_at_k(codes_found, true_positions, 10)
+    reranked_recall = recall_at_k(reranked_found, true_positions, 10)
+    # Four codes of 8 bits for 32 dimensions rank neighbours coarsely; the float16
+    # vectors then leave only the neighbours in lists that were not searched.
+    assert codes_recall < 0.8
+    assert reranked_recall >= 0.9
+    assert codes_only.rerank_vectors is None
+
+
+def test_save_and_load_keep_rerank_vectors(tmp_path):
+    vectors, labels = clustered_vectors()
+    queries, _ = clustered_vectors(noise_seed=1)
+    classifier = KnnClassifier.build(
+        vectors, labels, {}, index="ivfpq", rerank_factor=5, work_dir=tmp_path
+    )
+
+    classifier.save(tmp_path / "model")
+    loaded = KnnClassifier.load(tmp_path / "model")
+
+    assert isinstance(loaded.rerank_vectors, np.memmap)
+    assert loaded.rerank_factor == 5
+    np.testing.assert_allclose(loaded.rerank_vectors, vectors, atol=1e-3)
+    expected = [p.category_id for p in classifier.predict(queries[:200])]
+    assert [p.category_id for p in loaded.predict(queries[:200])] == expected

@@ -192,6 +192,15 @@ class ClassifierSettings(StrictModel):
             "index's lists must reach."
         ),
     )
+    rerank_factor: int = Field(
+        default=10,
+        ge=0,
+        description=(
+            "An IVF+PQ index keeps its vectors as float16 on disk (768 bytes per name at "
+            "dimension 384) and re-ranks this many times k candidates by them; 0 or 1 "
+            "searches the compressed codes alone."
+        ),
+    )
 
 
 class EvaluationSettings(StrictModel):
