@@ -4,7 +4,7 @@ The full store is 13,788 categories x 2,000 names = 27.6 M vectors of dimension 
 `--fraction` keeps that share of the names per category, for machines where the full
 size takes too long. Vectors are generated in batches into a float16 .npy file, the
 same format the embed stage writes, and the index is built from that file with the
-train stage's code. The report (machine, sizes, results) goes to stdout as markdown
+train stage's code, which also writes the float16 re-rank file. The report (machine, sizes, results) goes to stdout as markdown
 and logs go to stderr. Run it from the repository root:
 
     .venv/bin/python -m bench.scale --fraction 0.05 --output /tmp/scale.md
@@ -28,10 +28,12 @@ from mkt.index import (
     estimate_index_bytes,
     exact_neighbours,
     format_gb,
+    open_rerank_file,
     plan_index,
-    read_normalised_rows,
     recall_at_k,
     release_mapped_pages,
+    rerank_candidates,
+    search_index,
 )
 from mkt.snapshot import open_embeddings_file
 
@@ -43,10 +45,11 @@ DIRECTION_SET_COUNT = 64
 # Noise of norm about 0.5 against unit centres puts a name's cosine to its category's
 # centre near 0.9.
 NOISE_SCALE = 0.5 / np.sqrt(LATENT_DIMENSION)
-RERANK_FACTOR = 4
 K = 10
-NPROBE_VALUES = (4, 8, 16, 32, 64)
-CATEGORIES_PER_BATCH = 256
+SINGLE_QUERY_COUNT = 100
+NPROBE_VALUES = (1, 2, 4, 8, 16)
+# Names generated at a time; each costs a few float32 rows of working memory.
+ROWS_PER_BATCH = 65_536
 
 
 def generate_names(
@@ -77,8 +80,9 @@ def write_store(
     embeddings = open_embeddings_file(
         path, category_count * names_per_category, DIMENSION
     )
-    for first in range(0, category_count, CATEGORIES_PER_BATCH):
-        categories = np.arange(first, min(first + CATEGORIES_PER_BATCH, category_count))
+    categories_per_batch = max(1, ROWS_PER_BATCH // names_per_category)
+    for first in range(0, category_count, categories_per_batch):
+        categories = np.arange(first, min(first + categories_per_batch, category_count))
         labels = np.repeat(categories, names_per_category)
         start = first * names_per_category
         embeddings[start : start + len(labels)] = generate_names(
@@ -94,45 +98,63 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
-def rerank_from_file(
-    embeddings: np.ndarray, queries: np.ndarray, candidates: np.ndarray
-) -> np.ndarray:
-    """Return the K candidates of each query most similar by the float16 file's vectors."""
-    reranked = np.empty((len(queries), K), dtype=np.int64)
-    for i, (query, row) in enumerate(zip(queries, candidates)):
-        row = np.unique(row[row >= 0])
-        similarities = read_normalised_rows(embeddings, row) @ query
-        reranked[i] = row[np.argsort(-similarities)[:K]]
-    return reranked
-
-
 def measure_searches(
-    index: faiss.Index, embeddings: np.ndarray, queries: np.ndarray, true_positions
-) -> list:
-    """Return recall@K and single-query latency for each nprobe, with and without re-ranking."""
+    index: faiss.Index,
+    rerank_vectors: np.ndarray,
+    queries: np.ndarray,
+    true_positions: np.ndarray,
+    rerank_factors: list[int],
+) -> list[dict]:
+    """Return recall@K and search time for each nprobe and re-rank factor.
+
+    The candidates of the largest factor are searched once per nprobe; a smaller factor
+    re-ranks the first K x factor of them, which is what a search for that many returns.
+    """
     inverted = faiss.extract_index_ivf(index)
     rows = []
     for nprobe in NPROBE_VALUES:
         inverted.nprobe = nprobe
-        _, found = index.search(queries, K * RERANK_FACTOR)
         started = time.perf_counter()
-        for query in queries[:100]:
-            index.search(query[None, :], K)
-        latency_ms = (time.perf_counter() - started) / min(100, len(queries)) * 1000
-        started = time.perf_counter()
-        reranked = rerank_from_file(embeddings, queries, found)
-        rerank_ms = (time.perf_counter() - started) / len(queries) * 1000
-        rows.append(
-            {
-                "nprobe": nprobe,
-                "recall": recall_at_k(found[:, :K], true_positions, K),
-                "latency_ms": latency_ms,
-                "reranked_recall": recall_at_k(reranked, true_positions, K),
-                "rerank_ms": rerank_ms,
-            }
-        )
-        logger.info("nprobe %d: %s", nprobe, rows[-1])
+        _, candidates = index.search(queries, K * max(rerank_factors))
+        codes_ms = (time.perf_counter() - started) / len(queries) * 1000
+        for factor in [1, *rerank_factors]:
+            started = time.perf_counter()
+            if factor == 1:
+                found = candidates[:, :K]
+            else:
+                _, found = rerank_candidates(
+                    rerank_vectors, queries, candidates[:, : K * factor], K
+                )
+            rerank_ms = (time.perf_counter() - started) / len(queries) * 1000
+            single_ms = time_single_queries(index, rerank_vectors, queries, factor)
+            rows.append(
+                {
+                    "nprobe": nprobe,
+                    "factor": factor,
+                    "recall": recall_at_k(found, true_positions, K),
+                    "batch_ms": codes_ms + rerank_ms,
+                    "single_ms": single_ms,
+                }
+            )
+            logger.info("nprobe %d, re-rank factor %d: %s", nprobe, factor, rows[-1])
     return rows
+
+
+def time_single_queries(
+    index: faiss.Index, rerank_vectors: np.ndarray, queries: np.ndarray, factor: int
+) -> float:
+    """Return the mean ms of searching SINGLE_QUERY_COUNT queries one at a time."""
+    sample = queries[:SINGLE_QUERY_COUNT]
+    started = time.perf_counter()
+    for query in sample:
+        search_index(
+            index,
+            query[None, :],
+            K,
+            rerank_vectors=rerank_vectors,
+            rerank_factor=factor,
+        )
+    return (time.perf_counter() - started) / len(sample) * 1000
 
 
 def run_benchmark(args: argparse.Namespace, work_dir: Path) -> dict:
@@ -157,10 +179,15 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path) -> dict:
         kind="ivfpq",
         list_count=args.list_count,
         uses_opq=args.opq,
+        category_count=args.categories,
     )
     plan = replace(plan, kmeans_iterations=args.kmeans_iterations)
+    rerank_vectors = open_rerank_file(
+        work_dir / "rerank.npy", len(embeddings), DIMENSION
+    )
     started = time.perf_counter()
-    index = build_index(embeddings, plan)
+    labels = np.repeat(np.arange(args.categories), names_per_category)
+    index = build_index(embeddings, plan, rerank_vectors=rerank_vectors, labels=labels)
     build_s = time.perf_counter() - started
     build_rss_gb = peak_rss_gb()
     logger.info("Built %s in %.0f s", plan.factory_string, build_s)
@@ -182,7 +209,9 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path) -> dict:
         "build_s": build_s,
         "build_rss_gb": build_rss_gb,
         "exact_s": exact_s,
-        "searches": measure_searches(index, embeddings, queries, true_positions),
+        "searches": measure_searches(
+            index, rerank_vectors, queries, true_positions, args.rerank_factors
+        ),
         "peak_rss_gb": peak_rss_gb(),
     }
 
@@ -206,13 +235,13 @@ def render_report(args: argparse.Namespace, result: dict) -> str:
         f"reference: {result['exact_s']:.0f} s",
     ]
     search = [
-        "| nprobe | Recall@10 against exact | Latency per single query (ms) | "
-        f"Recall@10 after re-ranking {RERANK_FACTOR * K} from the file | "
-        "Re-ranking ms per query |",
+        "| nprobe | Candidates re-ranked | Recall@10 against exact | "
+        f"ms per query, batch of {args.query_count} | ms per single query |",
         "|---:|---:|---:|---:|---:|",
         *[
-            f"| {row['nprobe']} | {row['recall']:.3f} | {row['latency_ms']:.2f} | "
-            f"{row['reranked_recall']:.3f} | {row['rerank_ms']:.2f} |"
+            f"| {row['nprobe']} | "
+            f"{'none (codes only)' if row['factor'] == 1 else row['factor'] * K} | "
+            f"{row['recall']:.3f} | {row['batch_ms']:.2f} | {row['single_ms']:.2f} |"
             for row in result["searches"]
         ],
     ]
@@ -241,7 +270,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--list-count",
         type=int,
-        help="IVF lists (default: mkt's choice for the vector count).",
+        help="IVF lists trained by k-means (default: one list per category, "
+        "as mkt chooses for this many categories).",
     )
     parser.add_argument(
         "--opq",
@@ -259,6 +289,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=500,
         help="Held-out queries for recall and latency (default: 500).",
+    )
+    parser.add_argument(
+        "--rerank-factors",
+        type=lambda text: [int(part) for part in text.split(",")],
+        default=[4, 10, 20],
+        help="Comma-separated re-rank factors: candidates re-ranked per query, in "
+        "multiples of k=10 (default: 4,10,20).",
     )
     parser.add_argument(
         "--work-dir",
