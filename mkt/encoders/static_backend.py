@@ -37,6 +37,8 @@ WEIGHTS_FILE = "weights.npy"
 METADATA_FILE = "encoder.json"
 # Part of the folder name: raise it when distillation changes, so old tables are
 # rebuilt instead of reused.
+# TODO: the encoder identity leaves the version out, so embedding caches keep vectors
+# of the old table after a raise; delete MKT_HOME/cache/embeddings/static_* then.
 DISTILLATION_VERSION = 1
 DISTILLATION_BATCH_SIZE = 512
 # Progress is logged after each this many tokens, about every 10% for a BERT vocabulary.
