@@ -15,8 +15,6 @@ files do not match the checksums in `encoder.json` is rebuilt instead of reused.
 
 import json
 import logging
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -26,7 +24,7 @@ import numpy as np
 from scipy import sparse
 
 from mkt.encoders import EncoderSpec
-from mkt.encoders.onnx_backend import export_folder_name, file_sha256
+from mkt.encoders.onnx_backend import ensure_folder, export_folder_name, file_sha256
 from mkt.encoders.torch_backend import count_over_length, load_sentence_transformer
 from mkt.errors import ConfigError
 
@@ -83,29 +81,14 @@ def ensure_table(
         ConfigError: if the model cannot be loaded or its tokenizer cannot be framed.
     """
     folder = table_folder(spec, export_dir, vocabulary_limit)
-    if read_table(folder) is not None:
-        return folder
-    if folder.exists():
-        logger.warning(
-            "Encoder %r: table in %s is partial or corrupt; rebuilding it",
-            spec.identity,
-            folder,
-        )
-        shutil.rmtree(folder, ignore_errors=True)
-
-    export_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".distil-", dir=export_dir))
-    try:
-        write_table(spec, staging, vocabulary_limit=vocabulary_limit)
-        try:
-            staging.rename(folder)
-        except OSError:
-            # Another process published the same table first; keep its copy.
-            if read_table(folder) is None:
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    return ensure_folder(
+        folder,
+        read=read_table,
+        write=lambda staging: write_table(
+            spec, staging, vocabulary_limit=vocabulary_limit
+        ),
+        identity=spec.identity,
+    )
 
 
 def write_table(

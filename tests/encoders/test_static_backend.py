@@ -66,7 +66,7 @@ def test_static_table_rebuilt_when_corrupt(tmp_path):
 
     assert read_table(second.folder) is not None
     assert np.array_equal(second.table, first.table)
-    assert not list(tmp_path.glob(".distil-*"))
+    assert not list(tmp_path.glob(".export-*"))
 
 
 def test_static_table_limit_leaves_later_tokens_zero(tmp_path):
