@@ -1,12 +1,15 @@
 """Compare mkt's kNN classifier with TF-IDF + LinearSVC and nearest centroid.
 
 All methods get the same train/test split of each public data set, and the
-embedding methods get the same all-MiniLM-L6-v2 embeddings. The report (machine, data
+embedding methods get the same embeddings: all-MiniLM-L6-v2 on PyTorch unless
+`--embedding-model` names another encoder. The report (machine, data
 sets, results) goes to stdout as markdown and logs go to stderr. Run it from the
 repository root:
 
     .venv/bin/python -m bench.accuracy --output /tmp/accuracy.md
     .venv/bin/python -m bench.accuracy --datasets frisco --limit 500
+    .venv/bin/python -m bench.accuracy \
+        --embedding-model static:sentence-transformers/all-MiniLM-L6-v2
 """
 
 import argparse
@@ -119,9 +122,9 @@ NOTES = (
 )
 
 
-def load_warm_encoder():
+def load_warm_encoder(embedding_model: str = EMBEDDING_MODEL):
     """Load the embedding model and encode one batch, so no timing pays for start-up."""
-    encoder = load_encoder(EMBEDDING_MODEL)
+    encoder = load_encoder(embedding_model)
     encode_titles(encoder, ["warm-up name"] * BATCH_SIZE, batch_size=BATCH_SIZE)
     return encoder
 
@@ -131,11 +134,12 @@ def load_or_encode_titles(
 ) -> np.ndarray:
     """Return embeddings of titles from a .npy cache file, encoding them on a miss.
 
-    The file name contains a hash of the model name and the titles, so any change to the
-    split or the cleaning makes a new file instead of reusing stale vectors.
+    The file name contains a hash of the encoder's identity and the titles, so any
+    change to the encoder, the split or the cleaning makes a new file instead of
+    reusing stale vectors.
     """
     # Joining on newlines is unambiguous because clean_title turns newlines into spaces.
-    digest = hash_text("\n".join([EMBEDDING_MODEL, *titles]))[:16]
+    digest = hash_text("\n".join([encoder.identity, *titles]))[:16]
     cache_path = cache_dir / f"{dataset}-{digest}.npy"
     if cache_path.is_file():
         logger.info(
@@ -354,11 +358,13 @@ def verdict(mkt_value: float, baseline_value: float) -> str:
     return f"mkt behind by {gap:.1f} points"
 
 
-def render_report(summaries: list[dict], result_rows: list[dict]) -> str:
+def render_report(
+    summaries: list[dict], result_rows: list[dict], embedding_model: str
+) -> str:
     """Return the whole markdown report: machine, data sets, results and notes."""
     machine = [
         *describe_machine(),
-        f"- Embedding model: {EMBEDDING_MODEL}, batch size {BATCH_SIZE}",
+        f"- Embedding model: {embedding_model}, batch size {BATCH_SIZE}",
     ]
     sections = [
         "### Machine",
@@ -423,6 +429,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--output", type=Path, help="Also write the markdown report to this file."
     )
     parser.add_argument(
+        "--embedding-model",
+        default=EMBEDDING_MODEL,
+        help="The `embedding_model` value to encode with, as in a store config "
+        f"(default: {EMBEDDING_MODEL}, on PyTorch).",
+    )
+    parser.add_argument(
         "--limit",
         type=parse_positive_int,
         help="Keep at most this many train and this many test names per data set, "
@@ -456,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     try:
-        encoder = load_warm_encoder()
+        encoder = load_warm_encoder(args.embedding_model)
     except MktError as exc:
         logger.error("%s", exc)
         return 1
@@ -467,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         summaries.append(summary)
         result_rows.extend(rows)
 
-    report = render_report(summaries, result_rows)
+    report = render_report(summaries, result_rows, args.embedding_model)
     sys.stdout.write(report)
     if args.output is not None:
         args.output.write_text(report)

@@ -10,6 +10,14 @@ root:
 
     .venv/bin/python -m bench.serve --output /tmp/serve.md
     .venv/bin/python -m bench.serve --home /tmp/bench-home --single-requests 100
+
+`--embedding-model`, given once or more, replaces the sample store's encoder. Each value
+is measured in turn, one server at a time, in its own subfolder of the data directory,
+and the report ends with a table that compares them:
+
+    .venv/bin/python -m bench.serve --home /tmp/bench-home \
+        --embedding-model onnx-int8:sentence-transformers/all-MiniLM-L6-v2 \
+        --embedding-model static:sentence-transformers/all-MiniLM-L6-v2
 """
 
 import argparse
@@ -27,6 +35,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pandas as pd
+import yaml
 
 from bench.report import Column, describe_machine, render_table
 
@@ -51,6 +60,12 @@ RESULT_COLUMNS: list[Column] = [
     ("p50 latency (ms)", "p50_ms", ".1f"),
     ("p99 latency (ms)", "p99_ms", ".1f"),
     ("Names/s", "names_per_s", ",.0f"),
+]
+ENCODER_COLUMNS: list[Column] = [
+    ("Embedding model", "embedding_model", ""),
+    ("Single-name p50, new names (ms)", "single_p50_ms", ".1f"),
+    ("Batch names/s, new names", "batch_names_per_s", ",.0f"),
+    ("Server RSS (MB)", "rss_mb", ",.0f"),
 ]
 
 
@@ -96,15 +111,40 @@ def environment(home: Path) -> dict[str, str]:
     return {**variables, "MKT_HOME": str(home), "HF_HUB_OFFLINE": "1"}
 
 
-def train_sample_store(home: Path) -> float:
-    """Register and train the sample store unless `home` has its classifier; return seconds."""
+def train_sample_store(home: Path, embedding_model: str | None) -> float:
+    """Register and train the sample store unless `home` has its classifier; return seconds.
+
+    Args:
+        home: The data directory.
+        embedding_model: Replaces the store file's `embedding_model`; None keeps it.
+    """
     started = time.perf_counter()
     if (home / "mlflow.db").exists():
         logger.info("Reusing the trained store in %s", home)
         return 0.0
-    run_cli(home, "add-store", STORE_ID, "--config", str(STORE_CONFIG))
+    config_path = STORE_CONFIG
+    if embedding_model is not None:
+        config_path = write_store_config(home, embedding_model)
+    run_cli(home, "add-store", STORE_ID, "--config", str(config_path))
     run_cli(home, "run", STORE_ID)
     return time.perf_counter() - started
+
+
+def write_store_config(home: Path, embedding_model: str) -> Path:
+    """Write a copy of the sample store file with another `embedding_model`; return it."""
+    document = yaml.safe_load(STORE_CONFIG.read_text())
+    document["embedding_model"] = embedding_model
+    # The copy lives elsewhere, so its products path must not depend on its folder.
+    document["connector"]["options"]["products"] = str(PRODUCTS)
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "store.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def store_embedding_model() -> str:
+    """Return the `embedding_model` of the sample store file."""
+    return yaml.safe_load(STORE_CONFIG.read_text())["embedding_model"]
 
 
 def free_port() -> int:
@@ -275,9 +315,9 @@ def scenarios_of(args: argparse.Namespace) -> list[Scenario]:
     ]
 
 
-def measure(args: argparse.Namespace, home: Path) -> dict:
+def measure(args: argparse.Namespace, home: Path, embedding_model: str | None) -> dict:
     """Train the store if needed, serve it and run every scenario; return the figures."""
-    train_s = train_sample_store(home)
+    train_s = train_sample_store(home, embedding_model)
     names = load_names(args.seed)
     port = free_port()
     process = start_server(home, port)
@@ -301,6 +341,7 @@ def measure(args: argparse.Namespace, home: Path) -> dict:
     finally:
         stop_server(process)
     return {
+        "embedding_model": embedding_model or store_embedding_model(),
         "train_s": train_s,
         "first_request_s": first_request_s,
         "rss_mb": rss_mb,
@@ -321,8 +362,34 @@ def target_line(label: str, value: float, target: float, *, is_upper: bool) -> s
     return f"- {label}: {value:,.1f} against {sign} {target:,.0f} ({verdict})"
 
 
-def render_report(args: argparse.Namespace, figures: dict) -> str:
-    """Return the markdown section with the machine, the results and the targets."""
+def render_report(args: argparse.Namespace, all_figures: list[dict]) -> str:
+    """Return the markdown section: the machine, each encoder's results, a comparison."""
+    sections = ["### Machine\n\n" + "\n".join(describe_machine()) + "\n"]
+    for figures in all_figures:
+        heading = "### Results"
+        if len(all_figures) > 1:
+            heading += f": {figures['embedding_model']}"
+        sections.append(f"{heading}\n\n{render_results(args, figures)}")
+    if len(all_figures) > 1:
+        rows = [compare_encoder(figures) for figures in all_figures]
+        table = render_table(ENCODER_COLUMNS, rows, 1)
+        sections.append(f"### Embedding models compared\n\n{table}\n")
+    return "\n".join(sections)
+
+
+def compare_encoder(figures: dict) -> dict:
+    """Return one row of the embedding model comparison."""
+    by_name = {result.scenario: result for result in figures["results"]}
+    return {
+        "embedding_model": figures["embedding_model"],
+        "single_p50_ms": by_name["single name, new names"].p50_ms,
+        "batch_names_per_s": by_name["batch, new names"].names_per_s,
+        "rss_mb": figures["rss_mb"],
+    }
+
+
+def render_results(args: argparse.Namespace, figures: dict) -> str:
+    """Return the results table of one encoder, with its notes and targets."""
     results = figures["results"]
     by_name = {result.scenario: result for result in results}
     single = by_name["single name, new names"]
@@ -330,11 +397,7 @@ def render_report(args: argparse.Namespace, figures: dict) -> str:
     capped = [result.scenario for result in results if result.is_time_capped]
     rss = figures["rss_mb"]
     lines = [
-        "### Machine",
-        "",
-        *describe_machine(),
-        "",
-        "### Results",
+        f"- Embedding model: {figures['embedding_model']}",
         "",
         render_table(RESULT_COLUMNS, [vars(result) for result in results], 2),
         "",
@@ -364,6 +427,11 @@ def render_report(args: argparse.Namespace, figures: dict) -> str:
     return "\n".join(line for line in lines if line is not None) + "\n"
 
 
+def home_folder_name(embedding_model: str) -> str:
+    """Return a folder name for an embedding model's data directory."""
+    return "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in embedding_model)
+
+
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -377,6 +445,13 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "--time-cap-s", type=float, default=120.0, help="Maximum seconds per scenario."
     )
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--embedding-model",
+        action="append",
+        help="Replace the sample store's embedding_model with this value. Give it "
+        "more than once to measure several encoders in turn, each in its own "
+        "subfolder of the data directory (default: the store file's value).",
+    )
     parser.add_argument("--output", type=Path, help="Also write the report here.")
     return parser.parse_args(argv)
 
@@ -388,8 +463,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_arguments(argv)
     with tempfile.TemporaryDirectory(prefix="mkt-bench-serve-") as scratch:
         home = args.home or Path(scratch) / "mkt-home"
-        figures = measure(args, home)
-    report = render_report(args, figures)
+        if args.embedding_model is None:
+            all_figures = [measure(args, home, None)]
+        else:
+            all_figures = [
+                measure(args, home / home_folder_name(model), model)
+                for model in args.embedding_model
+            ]
+    report = render_report(args, all_figures)
     sys.stdout.write(report)
     if args.output is not None:
         args.output.write_text(report)

