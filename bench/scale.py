@@ -107,8 +107,8 @@ def measure_searches(
 ) -> list[dict]:
     """Return recall@K and search time for each nprobe and re-rank factor.
 
-    The candidates of the largest factor are searched once per nprobe; a smaller factor
-    re-ranks the first K x factor of them, which is what a search for that many returns.
+    The candidates of the largest factor are searched once per nprobe. A smaller factor
+    re-ranks the first K x factor of them: a search for that many returns the same.
     """
     inverted = faiss.extract_index_ivf(index)
     rows = []
