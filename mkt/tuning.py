@@ -29,6 +29,9 @@ LINEAR_SCALES = (5.0, 10.0, 20.0)
 BLENDED_POINT_COUNT = 4
 BLEND_CHUNK_ROWS = 4096
 MIN_VALIDATION_COUNT = 20
+# Tuning reads its names into memory, so a larger store is tuned on a random sample of
+# this many; the final index is still built on all names, a batch at a time.
+MAX_TUNING_NAMES = 500_000
 
 
 @dataclass(frozen=True)
@@ -58,17 +61,29 @@ class TuningResult:
 
 @dataclass(frozen=True)
 class LabelledNames:
-    """Training names of one store: embeddings, cleaned titles and category ids."""
+    """Training names of one store: embeddings, cleaned titles and category ids.
+
+    With `rows`, `embeddings` is a whole snapshot file, usually memory-mapped, and name i
+    is its row rows[i]; nothing is copied until a subset is taken. Without, name i is
+    embeddings[i].
+    """
 
     embeddings: np.ndarray
     titles: list[str]
     category_ids: list[str]
+    rows: np.ndarray | None = None
+
+    def vectors(self) -> np.ndarray:
+        """Return the names' embeddings as one float32 array in memory, in name order."""
+        selected = self.embeddings if self.rows is None else self.embeddings[self.rows]
+        return np.asarray(selected, dtype=np.float32)
 
     def subset(self, mask: np.ndarray) -> "LabelledNames":
-        """Return the names where mask is true."""
+        """Return the names where mask is true, their embeddings read into memory."""
         positions = np.flatnonzero(mask)
+        rows = positions if self.rows is None else self.rows[positions]
         return LabelledNames(
-            self.embeddings[positions],
+            np.asarray(self.embeddings[rows]),
             [self.titles[i] for i in positions],
             [self.category_ids[i] for i in positions],
         )
@@ -264,7 +279,7 @@ def fit_linear_head(
         shared = classifier.lexical_block.features
     head = LinearHead.fit(
         names.titles,
-        np.asarray(names.embeddings, dtype=np.float32),
+        names.vectors(),
         np.array([position_of[c] for c in names.category_ids]),
         len(classifier.categories),
         features=shared,
@@ -300,6 +315,7 @@ def build_classifier(
         names.embeddings,
         names.category_ids,
         category_paths,
+        rows=names.rows,
         titles=names.titles,
         lexical_block=lexical_block,
         **(index_options or {}),
@@ -441,6 +457,24 @@ def choose_backoff_share(
     return None
 
 
+def tuning_sample(names: LabelledNames, limit: int, seed: int) -> LabelledNames:
+    """Return the names in memory, or a random `limit` of them when there are more."""
+    if len(names.titles) <= limit:
+        return (
+            names
+            if names.rows is None
+            else names.subset(np.ones(len(names.titles), bool))
+        )
+    chosen = np.zeros(len(names.titles), dtype=bool)
+    chosen[np.random.default_rng(seed).choice(len(chosen), limit, replace=False)] = True
+    logger.info(
+        "Tuning on a random %d of %d training names; the index holds them all",
+        limit,
+        len(chosen),
+    )
+    return names.subset(chosen)
+
+
 def fit_classifier(
     names: LabelledNames,
     category_paths: dict[str, str],
@@ -452,12 +486,16 @@ def fit_classifier(
     """Build a store's classifier on all its training names, tuned on validation first.
 
     Without tuning (switched off, or too few names) the configured settings are used
-    with raw vote shares as scores.
+    with raw vote shares as scores. Tuning sees at most MAX_TUNING_NAMES of the names.
     """
     tuning = None
     if config.tune_on_validation:
         tuning = tune_vote_settings(
-            names, category_paths, config, precision_target=precision_target, seed=seed
+            tuning_sample(names, MAX_TUNING_NAMES, seed),
+            category_paths,
+            config,
+            precision_target=precision_target,
+            seed=seed,
         )
         if tuning is None:
             logger.warning(

@@ -6,7 +6,13 @@ import pytest
 
 from mkt.classifier import KnnClassifier
 from mkt.stores.config import ClassifierSettings
-from mkt.tuning import LabelledNames, fit_classifier, score_votes, split_validation
+from mkt.tuning import (
+    LabelledNames,
+    fit_classifier,
+    score_votes,
+    split_validation,
+    tuning_sample,
+)
 from tests.conftest import SAMPLE_PRODUCTS
 
 
@@ -128,3 +134,54 @@ def test_fit_classifier_keeps_configured_settings_without_tuning(sample_names):
     assert classifier.lexical_block is not None
     assert classifier.calibration is None
     assert classifier.abstain_threshold == 0.4
+
+
+def names_on_file(names: LabelledNames, folder) -> LabelledNames:
+    """Return the names with their embeddings at odd rows of a float16 file of noise."""
+    path = folder / "embeddings.npy"
+    dimension = names.embeddings.shape[1]
+    noise = np.random.default_rng(0).standard_normal((2 * len(names.titles), dimension))
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    noise[1::2] = names.embeddings
+    np.save(path, noise.astype(np.float16))
+    return LabelledNames(
+        np.load(path, mmap_mode="r"),
+        names.titles,
+        names.category_ids,
+        rows=np.arange(1, 2 * len(names.titles), 2),
+    )
+
+
+def test_tuning_sample_keeps_names_and_embeddings_together(sample_names, tmp_path):
+    names, _ = sample_names
+    on_file = names_on_file(names, tmp_path)
+
+    sample = tuning_sample(on_file, limit=50, seed=3)
+
+    assert len(sample.titles) == 50
+    assert sample.rows is None
+    assert not isinstance(sample.embeddings, np.memmap)
+    for title, vector in zip(sample.titles, sample.embeddings):
+        original = names.embeddings[names.titles.index(title)]
+        assert np.allclose(vector, original, atol=2e-3)
+
+
+@pytest.mark.slow
+def test_fit_classifier_reads_file_rows_like_memory(sample_names, tmp_path):
+    names, paths = sample_names
+    on_file = names_on_file(names, tmp_path)
+    in_memory = LabelledNames(on_file.vectors(), names.titles, names.category_ids)
+
+    from_file, file_tuning = fit_classifier(
+        on_file, paths, ClassifierSettings(), precision_target=0.9, seed=42
+    )
+    from_memory, memory_tuning = fit_classifier(
+        in_memory, paths, ClassifierSettings(), precision_target=0.9, seed=42
+    )
+
+    assert file_tuning.settings == memory_tuning.settings
+    queries = in_memory.embeddings[::7]
+    titles = names.titles[::7]
+    assert [p.category_id for p in from_file.predict(queries, titles=titles)] == [
+        p.category_id for p in from_memory.predict(queries, titles=titles)
+    ]

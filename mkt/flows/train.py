@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 from prefect import flow, get_run_logger, task
 
 from mkt.catalog import load_store
@@ -43,11 +44,13 @@ def fit_and_log_classifier(store_id: str) -> dict:
     is_train = (snapshot["split"] == "train").to_numpy()
     train = snapshot[is_train]
     paths = dict(zip(snapshot["category_id"], snapshot["category_path"]))
-    # NOTE: tuning on a validation split needs the training rows in memory (float16 from
-    # the snapshot file), so this copy grows with the store. Only the index is built in
-    # batches.
+    # NOTE: titles and category ids stay in memory as Python strings, so this cost grows
+    # with the store. Embeddings are read from the snapshot file as needed.
     names = LabelledNames(
-        embeddings[is_train], train["title"].tolist(), train["category_id"].tolist()
+        embeddings,
+        train["title"].tolist(),
+        train["category_id"].tolist(),
+        rows=np.flatnonzero(is_train),
     )
     started = time.perf_counter()
     scratch = Path(tempfile.mkdtemp(prefix="mkt-train-"))
