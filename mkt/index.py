@@ -155,11 +155,14 @@ def use_category_lists(plan: IndexPlan, category_count: int) -> IndexPlan:
     trained, and each stored vector is coded relative to its own category's centre.
     On clustered data that codes neighbours inside a category far more precisely than
     k-means lists, which mix several categories each. Fewer categories than a quarter of
-    the k-means list count would make lists too long to scan, so those keep k-means.
+    the k-means list count would make lists too long to scan, and categories of fewer
+    than MIN_POINTS_PER_CENTROID names on average too short, so those keep k-means.
     """
     if plan.kind != "ivfpq" or category_count > MAX_LIST_COUNT:
         return plan
     if category_count < max(MIN_LIST_COUNT, plan.list_count // 4):
+        return plan
+    if plan.vector_count < MIN_POINTS_PER_CENTROID * category_count:
         return plan
     reason = (
         f"the {category_count} categories are the inverted lists (k-means would "

@@ -210,6 +210,13 @@ def test_few_categories_keep_kmeans_lists():
     assert plan.list_count == 16_384
 
 
+def test_small_categories_keep_kmeans_lists():
+    plan = plan_index(12_000, 384, kind="ivfpq", category_count=800)
+
+    assert not plan.lists_are_categories
+    assert plan.list_count == 12_000 // 39
+
+
 def test_category_lists_without_labels_name_the_problem():
     vectors, _ = clustered_vectors()
     plan = plan_index(
