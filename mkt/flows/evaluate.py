@@ -5,6 +5,7 @@ import tempfile
 from pathlib import Path
 
 import mlflow
+import numpy as np
 from prefect import flow, get_run_logger, task
 
 from mkt.baseline import build_test_score_table, log_baseline
@@ -25,6 +26,10 @@ from mkt.settings import Settings
 from mkt.snapshot import load_snapshot
 
 PIPELINE_ACTOR = "pipeline"
+# A larger store is scored on a random sample of this many test names, and its drift
+# baseline is the centroid of this many training names, so memory stays bounded.
+MAX_EVALUATION_NAMES = 500_000
+MAX_BASELINE_NAMES = 100_000
 
 
 def load_classifier_version(store_id: str, version: str) -> tuple[KnnClassifier, str]:
@@ -57,10 +62,14 @@ def score_classifier(store_id: str, classifier_version: str | None = None) -> di
     )
 
     classifier, embedding_model = load_classifier_version(store_id, version.version)
-    is_test = (snapshot["split"] == "test").to_numpy()
-    test = snapshot[is_test]
-    test_embeddings = embeddings[is_test]
-    baseline_embeddings = embeddings[~is_test]
+    seed = config.evaluation.seed
+    test_rows = sample_rows(snapshot["split"] == "test", MAX_EVALUATION_NAMES, seed)
+    if len(test_rows) < (snapshot["split"] == "test").sum():
+        logger.info("Scoring a random %d of the test names", len(test_rows))
+    test = snapshot.iloc[test_rows]
+    test_embeddings = np.asarray(embeddings[test_rows])
+    baseline_rows = sample_rows(snapshot["split"] != "test", MAX_BASELINE_NAMES, seed)
+    baseline_embeddings = np.asarray(embeddings[baseline_rows])
     if embedding_model != snapshot_metadata["embedding_model"]:
         # The version was trained on a fine-tuned encoder, so its test names are
         # encoded again with it instead of read from the snapshot.
@@ -106,6 +115,14 @@ def score_classifier(store_id: str, classifier_version: str | None = None) -> di
         report.metrics["macro_f1"],
     )
     return {"classifier_version": str(version.version), "metrics": report.metrics}
+
+
+def sample_rows(mask, limit: int, seed: int) -> np.ndarray:
+    """Return the positions where mask is true, or a sorted random `limit` of them."""
+    rows = np.flatnonzero(np.asarray(mask))
+    if len(rows) <= limit:
+        return rows
+    return np.sort(np.random.default_rng(seed).choice(rows, limit, replace=False))
 
 
 @task(name="promotion-gate")

@@ -1,5 +1,6 @@
 """Run every stage's Prefect flow on a small real store, with MLflow on a temporary SQLite file."""
 
+import numpy as np
 import pandas as pd
 import pytest
 from sqlmodel import select
@@ -7,6 +8,7 @@ from sqlmodel import select
 from mkt.catalog import register_store
 from mkt.database import Product, open_session
 from mkt.flows.context import open_database
+from mkt.flows.evaluate import sample_rows
 from mkt.settings import Settings
 from mkt.stores.config import load_store_config
 from tests.conftest import write_sample_products, write_store_config
@@ -138,3 +140,14 @@ def test_fine_tuned_encoder_serves_its_classifier(mkt_home, tmp_path, prefect_ha
     titles = pd.DataFrame({"title": ["apple iphone x 64gb space grey"]})
     answers = model.predict(titles, params={"top_k": 2})
     assert answers.loc[0, "category_path"] == "Mobile Phones"
+
+
+def test_sample_rows_caps_a_large_split_at_random():
+    mask = np.arange(1_000) % 4 == 0
+
+    sample = sample_rows(mask, limit=100, seed=1)
+
+    assert len(sample) == 100
+    assert np.all(mask[sample])
+    assert np.all(np.diff(sample) > 0)
+    assert list(sample_rows(mask, limit=250, seed=1)) == list(np.flatnonzero(mask))
