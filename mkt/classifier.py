@@ -201,8 +201,15 @@ class KnnClassifier:
                 Path(rerank_folder.name) / RERANK_FILE, row_count, embeddings.shape[1]
             )
             logger.info(
-                "Index: %s of float16 vectors on disk re-rank %d x k candidates",
+                "Index: keeping %s of float16 vectors on disk to re-rank %d x k "
+                "candidates per search",
                 format_gb(rerank_vectors.nbytes),
+                rerank_factor,
+            )
+        elif plan.kind == "ivfpq":
+            logger.info(
+                "Index: re-ranking is off (classifier.rerank_factor %d), so searches "
+                "rank by the compressed codes alone",
                 rerank_factor,
             )
         faiss_index = build_index(
@@ -374,10 +381,7 @@ class KnnClassifier:
         else:
             ranked, shares = self._blend(votes, total, linear, top_k)
         if self.calibration is not None:
-            shares = self.calibration.apply(shares)
-            # The map is fitted on top scores only. A runner-up is right only when the
-            # top category is wrong, so its score is capped at what the top one leaves.
-            shares[1:] = np.minimum(shares[1:], 1.0 - shares[0])
+            shares = share_out_calibrated(shares, self.calibration)
         candidates = [
             Candidate(
                 self.categories[label][0], self.categories[label][1], float(share)
@@ -492,6 +496,23 @@ class KnnClassifier:
             if calibration is None
             else ScoreCalibration.from_dict(calibration),
         )
+
+
+def share_out_calibrated(
+    shares: np.ndarray, calibration: ScoreCalibration
+) -> np.ndarray:
+    """Return the calibrated top score, and runner-ups sharing what it leaves.
+
+    The map is fitted on top scores only. A runner-up is right only when the top
+    category is wrong, so the runner-ups split 1 minus the calibrated top score in
+    proportion to their raw shares, which sum to at most 1 minus the top raw share.
+    """
+    top = float(calibration.apply(shares[:1])[0])
+    runner_ups = np.zeros(len(shares) - 1)
+    left_raw = 1.0 - float(shares[0])
+    if left_raw > 1e-12:
+        runner_ups = shares[1:] * ((1.0 - top) / left_raw)
+    return np.concatenate([[top], runner_ups])
 
 
 def save_rerank_vectors(rerank_vectors: np.ndarray, path: Path) -> None:

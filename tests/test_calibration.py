@@ -45,7 +45,7 @@ def test_calibration_rejects_empty_validation():
         ScoreCalibration.fit(np.array([]), np.array([], dtype=bool))
 
 
-def test_runner_up_capped_by_top():
+def test_runner_ups_share_what_top_leaves():
     from mkt.classifier import KnnClassifier
 
     vectors = np.array([[1, 0], [0.9, 0.44], [0.8, 0.6]], dtype=np.float32)
@@ -61,4 +61,5 @@ def test_runner_up_capped_by_top():
 
     top, *others = [candidate.score for candidate in prediction.candidates]
     assert top == pytest.approx(0.6, abs=1e-3)
-    assert others == pytest.approx([0.4, 0.4], abs=1e-3)
+    assert sum(others) == pytest.approx(0.4, abs=1e-3)
+    assert others[0] > others[1] > 0
