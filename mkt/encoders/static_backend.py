@@ -96,6 +96,11 @@ def write_table(
 ) -> None:
     """Distil the spec's model into a token table and write it with its tokenizer."""
     started = time.perf_counter()
+    logger.info(
+        "Encoder %r: distilling one vector per vocabulary token, once; later runs "
+        "reuse the table",
+        spec.identity,
+    )
     model = load_sentence_transformer(spec.model_name, device="cpu").eval()
     tokenizer = model.tokenizer
     vocabulary_size = len(tokenizer)
