@@ -25,11 +25,6 @@ POLISH_NAMES = [
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("encoders")
-
-
-@pytest.fixture(scope="module")
 def onnx_encoder(export_dir):
     return load_encoder(f"onnx:{MODEL_NAME}", export_dir)
 

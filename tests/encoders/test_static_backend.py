@@ -21,11 +21,6 @@ TEST_VOCABULARY_LIMIT = 600
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("encoders")
-
-
-@pytest.fixture(scope="module")
 def static_encoder(export_dir):
     """The whole vocabulary, distilled once for this module."""
     return load_encoder(f"static:{MODEL_NAME}", export_dir)
