@@ -4,7 +4,7 @@ Every index compares L2-normalised float32 vectors by inner product, which is th
 cosine similarity. Rows are read from the embeddings array in batches and normalised one
 batch at a time, so a memory-mapped float16 file never has to fit in memory as float32.
 An IVF+PQ index can keep a float16 copy of its vectors in a memory-mapped file on disk:
-its search then asks the codes for `rerank_factor` times more candidates and re-scores
+its search then takes `rerank_factor` times more candidates from the codes and re-scores
 them with those vectors, which lifts recall past what the codes alone reach.
 """
 
@@ -166,7 +166,7 @@ def use_category_lists(plan: IndexPlan, category_count: int) -> IndexPlan:
         return plan
     reason = (
         f"the {category_count} categories are the inverted lists (k-means would "
-        f"train {plan.list_count}): each list holds one category's names"
+        f"train {plan.list_count}): each list contains one category's names"
     )
     return replace(
         plan,
@@ -354,12 +354,12 @@ def rerank_candidates(
     positions = np.full((len(queries), k), -1, dtype=np.int64)
     for start in range(0, len(queries), RERANK_QUERY_CHUNK):
         chunk = candidates[start : start + RERANK_QUERY_CHUNK]
-        wanted = np.unique(chunk[chunk >= 0])
-        if len(wanted) == 0:
+        distinct_rows = np.unique(chunk[chunk >= 0])
+        if len(distinct_rows) == 0:
             continue
         # Each distinct candidate row is read once per chunk, in file order.
-        rows = read_normalised_rows(rerank_vectors, wanted)
-        slots = np.searchsorted(wanted, np.maximum(chunk, 0))
+        rows = read_normalised_rows(rerank_vectors, distinct_rows)
+        slots = np.searchsorted(distinct_rows, np.maximum(chunk, 0))
         scores = np.einsum(
             "qd,qcd->qc", queries[start : start + len(chunk)], rows[slots]
         )
@@ -491,7 +491,7 @@ def build_category_lists_index(
     batch_rows: int,
     rerank_vectors: np.ndarray | None,
 ) -> faiss.Index:
-    """Build an IVF+PQ index whose list number i holds the rows labelled i."""
+    """Build an IVF+PQ index whose list number i contains the rows labelled i."""
     if labels is None or len(labels) != len(rows):
         raise ValueError(
             f"an index with one list per category needs one label per row: got "
@@ -527,7 +527,7 @@ def build_category_lists_index(
         faiss.METRIC_INNER_PRODUCT,
     )
     inverted.do_polysemous_training = False
-    # The quantizer holds list_count centroids already, so training fits the codes only.
+    # The quantizer contains list_count centroids already, so training fits the codes only.
     inverted.train(training)
     del training
     logger.info(

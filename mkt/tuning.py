@@ -30,7 +30,7 @@ BLENDED_POINT_COUNT = 4
 BLEND_CHUNK_ROWS = 4096
 MIN_VALIDATION_COUNT = 20
 # Tuning reads its names into memory, so a larger store is tuned on a random sample of
-# this many; the final index is still built on all names, a batch at a time.
+# this many. The final index is still built on all names, a batch at a time.
 MAX_TUNING_NAMES = 500_000
 
 
@@ -468,7 +468,7 @@ def tuning_sample(names: LabelledNames, limit: int, seed: int) -> LabelledNames:
     chosen = np.zeros(len(names.titles), dtype=bool)
     chosen[np.random.default_rng(seed).choice(len(chosen), limit, replace=False)] = True
     logger.info(
-        "Tuning on a random %d of %d training names; the index holds them all",
+        "Tuning on a random %d of %d training names; the index contains them all",
         limit,
         len(chosen),
     )

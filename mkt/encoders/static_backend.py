@@ -97,8 +97,8 @@ def write_table(
     """Distil the spec's model into a token table and write it with its tokenizer."""
     started = time.perf_counter()
     logger.info(
-        "Encoder %r: distilling one vector per vocabulary token, once; later runs "
-        "reuse the table",
+        "Encoder %r: distilling one vector per vocabulary token. This runs once, "
+        "and later runs reuse the table",
         spec.identity,
     )
     model = load_sentence_transformer(spec.model_name, device="cpu").eval()
@@ -189,7 +189,7 @@ def token_weights(vocabulary_size: int) -> np.ndarray:
 
 
 class StaticEncoder:
-    """Encode names as the weighted mean of distilled token rows, with no transformer."""
+    """An encoder that averages distilled token rows, weighted, with no transformer."""
 
     def __init__(
         self,
